@@ -1,0 +1,20 @@
+# CodeBrain: raw multi-contrast MRI -> registered volumes -> slice store (-> training, later stages).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,165 @@
+"""`codebrain` command line: one subcommand per pipeline step (the Snakemake rules call these)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from codebrain.data.nifti import InputError
+
+
+def contrast_files(pairs: list[str]) -> dict[str, Path]:
+    """["T1=a.nii.gz", ...] -> {"T1": Path("a.nii.gz"), ...}"""
+    files = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep:
+            raise InputError(f"expected CONTRAST=PATH, got {pair!r}")
+        files[name] = Path(path)
+    return files
+
+
+def cmd_phantom(args):
+    from codebrain.data.phantom import PhantomConfig, make_subject
+
+    cfg = PhantomConfig(flavour=args.flavour, n_subjects=args.n_subjects, downsample=args.downsample, seed=args.seed)
+    indices = args.index if args.index else range(1, cfg.n_subjects + 1)
+    for index in indices:
+        make_subject(index, cfg, Path(args.root))
+
+
+def cmd_check_raw(args):
+    from codebrain.data.layouts import discover
+    from codebrain.data.manifest import build_manifest
+
+    subjects = discover(args.root, args.layout, args.contrasts, args.on_missing, args.labels)
+    manifest = build_manifest(subjects, Path(args.out))
+    print(f"{args.out}: {manifest.subject.nunique()} subjects, {len(manifest)} files")
+
+
+def cmd_register(args):
+    from codebrain.data.registration import register_subject
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    qc = register_subject(contrast_files(args.input), args.reference, Path(args.out_dir), args.method, args.seed)
+    print(json.dumps(qc))
+
+
+def cmd_extract_slices(args):
+    from codebrain.data.slices import extract_subject, slice_config
+
+    cfg = slice_config(json.loads(args.config))
+    files = contrast_files(args.input)
+    labels = files.pop("seg", None)
+    z_range = tuple(args.z_range) if args.z_range else None
+    extract_subject(args.subject, files, args.contrasts, cfg, Path(args.out), z_range, labels,
+                    require_same_grid=True)
+
+
+def cmd_build_store(args):
+    from codebrain.data.slices import assign_splits, build_store
+
+    subject_files = {Path(f).name.removesuffix(".npz"): Path(f) for f in args.subject_slices}
+    split_table = pd.read_csv(args.split_table, sep="\t") if args.split_table else None
+    fractions = dict(zip(("train", "val", "test"), args.fractions))
+    assignment = assign_splits(sorted(subject_files), fractions, args.seed, split_table)
+    summary = build_store(subject_files, assignment, args.contrasts, Path(args.out_dir))
+    print(json.dumps(summary))
+
+
+def cmd_download(args):
+    from codebrain.data.download import download, extract
+
+    for spec in args.url:
+        url, _, sha256 = spec.partition("#sha256=")
+        archive = download(url, Path(args.dest) / url.rsplit("/", 1)[-1], sha256 or None)
+        if args.root and ".tar" in archive.name:
+            extract(archive, args.root)
+
+
+def cmd_unpack(args):
+    from codebrain.data.download import extract
+
+    for archive in args.archive:
+        print(extract(archive, args.root))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="codebrain", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="write a synthetic cohort in IXI or BraTS 2023 layout")
+    p.add_argument("--root", required=True)
+    p.add_argument("--flavour", choices=["ixi", "brats"], default="ixi")
+    p.add_argument("--n-subjects", type=int, default=8)
+    p.add_argument("--index", type=int, action="append", help="only subject number INDEX (repeatable)")
+    p.add_argument("--downsample", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("check-raw", help="check every raw volume and write manifest.tsv")
+    p.add_argument("--root", required=True)
+    p.add_argument("--layout", choices=["ixi", "brats", "bids"], required=True)
+    p.add_argument("--contrasts", nargs="+", required=True)
+    p.add_argument("--on-missing", choices=["drop", "fail"], default="drop")
+    p.add_argument("--labels", action="store_true", help="require a seg label volume per subject")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_check_raw)
+
+    p = sub.add_parser("register", help="ANTs registration of one subject's contrasts to the reference")
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=PATH")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--method", choices=["rigid", "affine"], default="rigid")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("extract-slices", help="normalised axial slices of one subject")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=PATH")
+    p.add_argument("--contrasts", nargs="+", required=True)
+    p.add_argument("--config", default="{}", help="the config's slices section as JSON")
+    p.add_argument("--z-range", type=int, nargs=2, metavar=("FIRST", "LAST"))
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_extract_slices)
+
+    p = sub.add_parser("build-store", help="one memory-mapped slice array per split")
+    p.add_argument("--subject-slices", nargs="+", required=True)
+    p.add_argument("--contrasts", nargs="+", required=True)
+    p.add_argument("--split-table", help="TSV with subject and split columns (the authors' splits)")
+    p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_build_store)
+
+    p = sub.add_parser("download", help="resumable, checksum-verified download (and unpacking) of archives")
+    p.add_argument("--url", action="append", required=True, metavar="URL[#sha256=HEX]")
+    p.add_argument("--dest", required=True, help="folder for the archives")
+    p.add_argument("--root", help="unpack tarballs into this raw-data folder")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("unpack", help="unpack official tarballs (IXI-T1.tar ...) into the raw folder")
+    p.add_argument("archive", nargs="+")
+    p.add_argument("--root", required=True)
+    p.set_defaults(func=cmd_unpack)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as err:
+        print(f"codebrain {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

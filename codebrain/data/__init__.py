@@ -1,0 +1,1 @@
+"""Raw data to training-ready slices: readers, phantom, registration, slice store, dataset."""

@@ -1,0 +1,74 @@
+"""Training slices from the memory-mapped store, each with a random missing-contrast scenario.
+
+A scenario (DESIGN.md): pick k in [1, N-1], mask k random contrasts, pick the anchor among the
+masked ones. The draw depends only on (seed, epoch, index), so a resumed run sees the same
+scenarios in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from codebrain.data.nifti import InputError
+
+
+@dataclass(frozen=True)
+class Scenario:
+    available: np.ndarray  # bool [N]: True where the contrast is given to the model
+    anchor: int  # index of the masked contrast that Stage I reconstructs
+
+
+def sample_scenario(n_contrasts: int, rng: np.random.Generator) -> Scenario:
+    if n_contrasts < 2:
+        raise ValueError("a scenario needs at least 2 contrasts")
+    n_masked = int(rng.integers(1, n_contrasts))  # k in [1, N-1]
+    masked = rng.choice(n_contrasts, size=n_masked, replace=False)
+    available = np.ones(n_contrasts, bool)
+    available[masked] = False
+    return Scenario(available=available, anchor=int(rng.choice(masked)))
+
+
+def open_store(store_dir: str | Path, split: str, contrasts: list[str] | None = None):
+    """(memory-mapped array slices x N x S x S, store summary); refuses a store of other contrasts."""
+    store_dir = Path(store_dir)
+    summary_file = store_dir / "store.json"
+    if not summary_file.exists():
+        raise InputError(f"{store_dir}: not a slice store (no store.json)")
+    summary = json.loads(summary_file.read_text())
+    if contrasts is not None and list(contrasts) != summary["contrasts"]:
+        raise InputError(f"{store_dir}: store holds contrasts {summary['contrasts']}, expected {list(contrasts)}")
+    if split not in summary["splits"]:
+        raise InputError(f"{store_dir}: no split {split!r}; it has {sorted(summary['splits'])}")
+    return np.load(store_dir / f"{split}.npy", mmap_mode="r"), summary
+
+
+class SliceDataset(Dataset):
+    """Items: image [N, S, S] float32 in [0, 1], scenario_mask [N] bool (available), anchor int."""
+
+    def __init__(self, store_dir, split: str, contrasts: list[str] | None = None, seed: int = 0):
+        self.slices, self.summary = open_store(store_dir, split, contrasts)
+        self.contrasts = self.summary["contrasts"]
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def scenario(self, index: int) -> Scenario:
+        return sample_scenario(len(self.contrasts), np.random.default_rng([self.seed, self.epoch, index]))
+
+    def __getitem__(self, index: int) -> dict:
+        scenario = self.scenario(index)
+        return {
+            "image": torch.from_numpy(self.slices[index].astype(np.float32)),
+            "scenario_mask": torch.from_numpy(scenario.available),
+            "anchor": scenario.anchor,
+        }

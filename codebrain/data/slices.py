@@ -1,0 +1,219 @@
+"""Axial slices from registered volumes, and the per-split slice store.
+
+Per subject (`extract_subject`): volumes reoriented to RAS (axis 2 is axial), the middle K
+axial slices of the brain (or a given range), cropped/padded to S x S around the brain, each
+contrast min-max normalised to [0, 1] (optionally between robust percentiles). The
+normalisation range and crop are kept so imputations can go back to the original scale and grid.
+
+Per split (`build_store`): one memory-mapped array slices x contrasts x S x S, a table of
+(subject, z) rows, and the per-volume normalisation table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from codebrain.data.nifti import InputError, load_volume, write_atomic
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SliceConfig:
+    n_slices: int = 16  # K middle axial slices of the brain
+    size: int = 64  # S: crop/pad to S x S
+    normalisation: str = "minmax"  # minmax | percentile
+    lower_percentile: float = 0.0  # percentile mode: over brain voxels
+    upper_percentile: float = 99.5
+    dtype: str = "float16"
+
+
+def canonical(data: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
+    """Reorient a volume's voxel array to RAS so that axis 2 runs inferior -> superior."""
+    ornt = nib.orientations.io_orientation(image.affine)
+    return nib.orientations.apply_orientation(data, ornt)
+
+
+def check_same_grid(reference: nib.Nifti1Image, image: nib.Nifti1Image, path: Path, reference_path: Path):
+    if reference.shape[:3] != image.shape[:3] or not np.allclose(reference.affine, image.affine, atol=1e-3):
+        raise InputError(f"{path}: voxel grid {image.shape[:3]} differs from its reference {reference_path} "
+                         f"{reference.shape[:3]}; turn registration on (registration.method: rigid)")
+
+
+def brain_mask(volumes: list[np.ndarray]) -> np.ndarray:
+    """Voxels above 10% of the robust maximum in any contrast, holes filled."""
+    mask = np.zeros(volumes[0].shape, bool)
+    for volume in volumes:
+        foreground = volume[volume > volume.min()]
+        if foreground.size:
+            mask |= volume > 0.1 * np.percentile(foreground, 99)
+    mask = ndimage.binary_opening(mask, iterations=1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def normalisation_range(volume: np.ndarray, mask: np.ndarray, cfg: SliceConfig) -> tuple[float, float]:
+    if cfg.normalisation == "minmax":
+        return float(volume.min()), float(volume.max())
+    if cfg.normalisation == "percentile":
+        brain = volume[mask]
+        return float(np.percentile(brain, cfg.lower_percentile)), float(np.percentile(brain, cfg.upper_percentile))
+    raise ValueError(f"slices.normalisation {cfg.normalisation!r} unknown; choose minmax or percentile")
+
+
+def normalise(volume: np.ndarray, low: float, high: float) -> np.ndarray:
+    return np.clip((volume - low) / max(high - low, 1e-8), 0.0, 1.0)
+
+
+def slice_range(mask: np.ndarray, n_slices: int, path: Path) -> tuple[int, int]:
+    """First and last z (inclusive) of the K slices centred on the brain's axial extent."""
+    depth = mask.shape[2]
+    if n_slices > depth:
+        raise InputError(f"{path}: {n_slices} slices asked for, the volume has {depth} axial slices")
+    occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+    centre = (occupied[0] + occupied[-1] + 1) // 2
+    first = int(np.clip(centre - n_slices // 2, 0, depth - n_slices))
+    return first, first + n_slices - 1
+
+
+def crop_window(mask: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left corner (may be negative: padding) of the S x S window centred on the brain."""
+    rows = np.flatnonzero(mask.any(axis=(1, 2)))
+    cols = np.flatnonzero(mask.any(axis=(0, 2)))
+    return (rows[0] + rows[-1] + 1) // 2 - size // 2, (cols[0] + cols[-1] + 1) // 2 - size // 2
+
+
+def crop_pad(volume: np.ndarray, corner: tuple[int, int], size: int) -> np.ndarray:
+    """volume[x0:x0+S, y0:y0+S, :] with zeros where the window leaves the volume."""
+    out = np.zeros((size, size) + volume.shape[2:], volume.dtype)
+    x0, y0 = corner
+    sx, sy = slice(max(x0, 0), min(x0 + size, volume.shape[0])), slice(max(y0, 0), min(y0 + size, volume.shape[1]))
+    out[sx.start - x0: sx.stop - x0, sy.start - y0: sy.stop - y0] = volume[sx, sy]
+    return out
+
+
+def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], cfg: SliceConfig,
+                    out_file: Path, z_range: tuple[int, int] | None = None, labels: Path | None = None,
+                    require_same_grid: bool = True) -> dict:
+    """Slices of one subject -> npz (slices K x N x S x S, z, normalisation, crop)."""
+    volumes, images = [], []
+    for contrast in contrasts:
+        data, image = load_volume(files[contrast])
+        if require_same_grid and images:
+            check_same_grid(images[0], image, files[contrast], files[contrasts[0]])
+        volumes.append(canonical(data, image))
+        images.append(image)
+    mask = brain_mask(volumes)
+    if not mask.any():
+        raise InputError(f"{files[contrasts[0]]}: empty brain mask (the volume has no foreground)")
+    if z_range is None:
+        z_range = slice_range(mask, cfg.n_slices, files[contrasts[0]])
+    first, last = z_range
+    if first < 0 or last >= mask.shape[2]:
+        raise InputError(f"{files[contrasts[0]]}: slices {first}..{last} asked for, "
+                         f"the volume has {mask.shape[2]} axial slices")
+    z = np.arange(first, last + 1)
+    corner = crop_window(mask[:, :, z], cfg.size)
+
+    stack, ranges = [], []
+    for contrast, volume in zip(contrasts, volumes):
+        low, high = normalisation_range(volume, mask, cfg)
+        if high <= low:
+            raise InputError(f"{files[contrast]}: constant intensity {low}, cannot normalise")
+        ranges.append((low, high))
+        stack.append(crop_pad(normalise(volume[:, :, z], low, high), corner, cfg.size))
+    slices = np.stack(stack).transpose(3, 0, 1, 2).astype(cfg.dtype)  # N x S x S x K -> K x N x S x S
+    arrays = {"slices": slices, "z": z, "normalisation": np.array(ranges), "corner": np.array(corner),
+              "volume_shape": np.array(mask.shape)}
+    if labels is not None:
+        label_data, label_image = load_volume(labels)
+        check_same_grid(images[0], label_image, labels, files[contrasts[0]])
+        label_slices = crop_pad(canonical(label_data, label_image)[:, :, z], corner, cfg.size)
+        arrays["labels"] = label_slices.transpose(2, 0, 1).astype(np.uint8)  # K x S x S
+    with write_atomic(out_file) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return {"subject": subject, "first_slice": int(first), "last_slice": int(last), "corner": corner}
+
+
+def assign_splits(subjects: list[str], fractions: dict[str, float], seed: int,
+                  split_table: pd.DataFrame | None = None) -> dict[str, str]:
+    """subject -> split: from the authors' table when given, else a seeded shuffle by fractions."""
+    if split_table is not None:
+        known = dict(zip(split_table["subject"], split_table["split"]))
+        return {s: known[s] for s in subjects if s in known}
+    order = list(np.random.default_rng(seed).permutation(sorted(subjects)))
+    total = sum(fractions.values())
+    counts = {name: int(round(len(order) * fractions.get(name, 0.0) / total)) for name in SPLITS}
+    counts["train"] = len(order) - counts["val"] - counts["test"]
+    if any(counts[s] < 1 for s in SPLITS if fractions.get(s, 0) > 0):
+        raise InputError(f"{len(order)} subjects are too few for splits {fractions}")
+    assignment, start = {}, 0
+    for name in SPLITS:
+        for subject in order[start: start + counts[name]]:
+            assignment[str(subject)] = name
+        start += counts[name]
+    return assignment
+
+
+def build_store(subject_files: dict[str, Path], assignment: dict[str, str], contrasts: list[str],
+                out_dir: Path) -> dict:
+    """Concatenate per-subject npz files into one memory-mapped array per split."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"contrasts": list(contrasts), "splits": {}}
+    normalisation_rows, geometry_rows = [], []
+    for split in SPLITS:
+        subjects = sorted(s for s, name in assignment.items() if name == split)
+        loaded = [(s, np.load(subject_files[s])) for s in subjects]
+        total = sum(len(npz["z"]) for _, npz in loaded)
+        if total == 0:
+            raise InputError(f"split {split!r} has no subjects (assignment of {len(assignment)} subjects)")
+        first = loaded[0][1]
+        size, dtype = first["slices"].shape[-1], first["slices"].dtype
+        has_labels = all("labels" in npz for _, npz in loaded)
+        rows = []
+        with write_atomic(out_dir / f"{split}.npy") as tmp:
+            store = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, len(contrasts), size, size))
+            label_store = np.zeros((total, size, size), np.uint8) if has_labels else None
+            offset = 0
+            for subject, npz in loaded:
+                count = len(npz["z"])
+                store[offset: offset + count] = npz["slices"]
+                if has_labels:
+                    label_store[offset: offset + count] = npz["labels"]
+                rows += [{"subject": subject, "z": int(z)} for z in npz["z"]]
+                for contrast, (low, high) in zip(contrasts, npz["normalisation"]):
+                    normalisation_rows.append({"subject": subject, "contrast": contrast, "low": low, "high": high})
+                x0, y0 = npz["corner"]
+                geometry_rows.append({"subject": subject, "split": split, "x0": int(x0), "y0": int(y0),
+                                      "shape": "x".join(map(str, npz["volume_shape"]))})
+                offset += count
+            store.flush()
+            del store
+        if has_labels:
+            with write_atomic(out_dir / f"{split}_labels.npy") as tmp:
+                np.save(tmp, label_store)
+        with write_atomic(out_dir / f"{split}.tsv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, sep="\t", index_label="index")
+        summary["splits"][split] = {"subjects": len(subjects), "slices": total, "labels": has_labels}
+    summary.update(size=int(size), dtype=str(dtype))
+    with write_atomic(out_dir / "normalisation.tsv") as tmp:
+        pd.DataFrame(normalisation_rows).to_csv(tmp, sep="\t", index=False)
+    with write_atomic(out_dir / "geometry.tsv") as tmp:
+        pd.DataFrame(geometry_rows).to_csv(tmp, sep="\t", index=False)
+    with write_atomic(out_dir / "store.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def slice_config(section: dict) -> SliceConfig:
+    """SliceConfig from the config's `slices` section (unknown keys ignored: they belong to the rule)."""
+    fields = asdict(SliceConfig()).keys()
+    return SliceConfig(**{k: v for k, v in section.items() if k in fields})

@@ -1,0 +1,112 @@
+# Helpers for the rules: subject discovery, per-subject inputs, parameters. No rule logic here.
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from codebrain.data import layouts
+from codebrain.data.phantom import FLAVOURS
+
+DATASET = config["dataset"]
+OUT = f"{config['results']}/{DATASET['name']}"
+CONTRASTS = DATASET["contrasts"]
+REFERENCE = DATASET["reference"]
+RAW_KINDS = CONTRASTS + (["seg"] if DATASET["labels"] else [])
+REGISTER = config["registration"]["method"] != "none"
+SPLITS = ["train", "val", "test"]
+PACKAGE = Path(workflow.basedir) / "codebrain"
+
+if REFERENCE not in CONTRASTS:
+    raise ValueError(f"config dataset.reference: {REFERENCE} is not one of dataset.contrasts {CONTRASTS}")
+if "phantom" in config:
+    _missing = set(RAW_KINDS) - set(FLAVOURS[config["phantom"]["flavour"]]) - {"seg"}
+    if _missing or (DATASET["labels"] and config["phantom"]["flavour"] != "brats"):
+        raise ValueError(f"config phantom.flavour: {config['phantom']['flavour']} phantoms do not have "
+                         f"{sorted(_missing) or 'labels'} (dataset.contrasts / dataset.labels)")
+
+
+def source_hash(*modules):
+    """Hash of package sources a rule runs, as a param: Snakemake's code trigger sees only the rule."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update((PACKAGE / module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@cache
+def phantom_subjects():
+    flavour = config["phantom"]["flavour"]
+    return {layouts.phantom_subject_id(flavour, i): i for i in range(1, config["phantom"]["n_subjects"] + 1)}
+
+
+@cache
+def raw_subjects():
+    """{subject: {kind: path}} for the configured raw data (the phantom's paths, or discovered)."""
+    if "phantom" in config:
+        flavour = config["phantom"]["flavour"]
+        return {s: {k: str(p) for k, p in layouts.phantom_subject_files(flavour, DATASET["root"], s, RAW_KINDS).items()
+                    if k in RAW_KINDS}
+                for s in phantom_subjects()}
+    found = layouts.discover(DATASET["root"], DATASET["layout"], CONTRASTS, DATASET["on_missing_contrast"],
+                             DATASET["labels"])
+    return {s: {k: str(p) for k, p in files.items()} for s, files in found.items()}
+
+
+def get_subjects():
+    return sorted(raw_subjects())
+
+
+def get_raw_files(wildcards):
+    return raw_subjects()[wildcards.subject]
+
+
+def get_all_raw_files(wildcards):
+    return [path for files in raw_subjects().values() for path in files.values()]
+
+
+def phantom_outputs():
+    files = layouts.phantom_subject_files(config["phantom"]["flavour"], DATASET["root"], "{subject}", RAW_KINDS)
+    return {k.replace(".", "_"): str(p) for k, p in files.items()}
+
+
+def cli_inputs(files):
+    return " ".join(f"--input {kind}={path}" for kind, path in files.items())
+
+
+def get_slice_inputs(wildcards):
+    """Registered volumes (or the raw ones where the data come co-registered), plus labels."""
+    if REGISTER:
+        files = {c: f"{OUT}/registered/{wildcards.subject}/{c}.nii.gz" for c in CONTRASTS}
+    else:
+        files = {c: raw_subjects()[wildcards.subject][c] for c in CONTRASTS}
+    if DATASET["labels"]:
+        files["seg"] = raw_subjects()[wildcards.subject]["seg"]
+    return files
+
+
+@cache
+def split_table():
+    path = config["splits"]["table"]
+    return pd.read_csv(path, sep="\t").set_index("subject") if path else None
+
+
+def get_z_range(wildcards):
+    """--z-range FIRST LAST from the split table (the authors' slices), else middle K (empty)."""
+    table = split_table()
+    if table is None or wildcards.subject not in table.index:
+        return ""
+    row = table.loc[wildcards.subject]
+    return f"--z-range {int(row.first_slice)} {int(row.last_slice)}"
+
+
+def get_store_subjects():
+    """Subjects that enter the slice store: all, or those the split table names."""
+    table = split_table()
+    subjects = get_subjects()
+    return [s for s in subjects if s in table.index] if table is not None else subjects
+
+
+def get_final_outputs():
+    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"]

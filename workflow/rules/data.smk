@@ -1,0 +1,155 @@
+# Raw data -> manifest -> registration (one job per subject) -> slices per subject -> slice store.
+
+
+if "phantom" in config:
+
+    rule make_phantom_subject:
+        output:
+            **phantom_outputs(),
+        params:
+            flavour=config["phantom"]["flavour"],
+            index=lambda wildcards: phantom_subjects()[wildcards.subject],
+            downsample=config["phantom"]["downsample"],
+            seed=config["phantom"]["seed"],
+            root=DATASET["root"],
+            code=source_hash("data/phantom.py", "data/layouts.py", "data/nifti.py"),
+        log:
+            f"{OUT}/logs/make_phantom_subject/{{subject}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/make_phantom_subject/{{subject}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+        conda:
+            "../../envs/codebrain.yaml"
+        shell:
+            "codebrain phantom --root {params.root} --flavour {params.flavour} --index {params.index}"
+            " --downsample {params.downsample} --seed {params.seed} > {log} 2>&1"
+
+
+rule check_raw:
+    input:
+        get_all_raw_files,
+    output:
+        f"{OUT}/manifest.tsv",
+    params:
+        root=DATASET["root"],
+        layout=DATASET["layout"],
+        contrasts=" ".join(CONTRASTS),
+        on_missing=DATASET["on_missing_contrast"],
+        labels="--labels" if DATASET["labels"] else "",
+        code=source_hash("data/manifest.py", "data/layouts.py", "data/nifti.py"),
+    log:
+        f"{OUT}/logs/check_raw.log",
+    benchmark:
+        f"{OUT}/benchmarks/check_raw.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain check-raw --root {params.root} --layout {params.layout} --contrasts {params.contrasts}"
+        " --on-missing {params.on_missing} {params.labels} --out {output} > {log} 2>&1"
+
+
+rule download_raw:
+    output:
+        touch(f"{OUT}/downloads/.complete"),
+    params:
+        urls=" ".join(f"--url {url}" for url in config.get("download", {}).get("urls", [])),
+        dest=config.get("download", {}).get("dest", f"{OUT}/downloads"),
+        root=DATASET["root"],
+    log:
+        f"{OUT}/logs/download_raw.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain download {params.urls} --dest {params.dest} --root {params.root} > {log} 2>&1"
+
+
+rule register_subject:
+    input:
+        unpack(get_raw_files),
+    output:
+        volumes=expand(f"{OUT}/registered/{{{{subject}}}}/{{contrast}}.nii.gz", contrast=CONTRASTS),
+        qc=f"{OUT}/registered/{{subject}}/qc.json",
+    params:
+        inputs=lambda wildcards, input: cli_inputs({c: input[c] for c in CONTRASTS}),
+        reference=REFERENCE,
+        method=config["registration"]["method"],
+        seed=config["registration"]["seed"],
+        out_dir=lambda wildcards, output: Path(output.qc).parent,
+        code=source_hash("data/registration.py", "data/nifti.py"),
+    log:
+        f"{OUT}/logs/register_subject/{{subject}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/register_subject/{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain register {params.inputs} --reference {params.reference} --method {params.method}"
+        " --seed {params.seed} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule extract_slices:
+    input:
+        unpack(get_slice_inputs),
+    output:
+        f"{OUT}/slices/subjects/{{subject}}.npz",
+    params:
+        inputs=lambda wildcards, input: cli_inputs(dict(input.items())),
+        contrasts=" ".join(CONTRASTS),
+        slices=json.dumps(config["slices"], sort_keys=True),
+        z_range=get_z_range,
+        code=source_hash("data/slices.py", "data/nifti.py"),
+    log:
+        f"{OUT}/logs/extract_slices/{{subject}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract_slices/{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain extract-slices --subject {wildcards.subject} {params.inputs} --contrasts {params.contrasts}"
+        " --config '{params.slices}' {params.z_range} --out {output} > {log} 2>&1"
+
+
+rule build_slice_store:
+    input:
+        manifest=f"{OUT}/manifest.tsv",
+        subjects=lambda wildcards: expand(f"{OUT}/slices/subjects/{{subject}}.npz", subject=get_store_subjects()),
+    output:
+        store=f"{OUT}/slices/store.json",
+        arrays=expand(f"{OUT}/slices/{{split}}.npy", split=SPLITS),
+        rows=expand(f"{OUT}/slices/{{split}}.tsv", split=SPLITS),
+        normalisation=f"{OUT}/slices/normalisation.tsv",
+        geometry=f"{OUT}/slices/geometry.tsv",
+    params:
+        contrasts=" ".join(CONTRASTS),
+        split_table=f"--split-table {config['splits']['table']}" if config["splits"]["table"] else "",
+        fractions=" ".join(str(config["splits"]["fractions"][s]) for s in SPLITS),
+        seed=config["splits"]["seed"],
+        out_dir=lambda wildcards, output: Path(output.store).parent,
+        code=source_hash("data/slices.py"),
+    log:
+        f"{OUT}/logs/build_slice_store.log",
+    benchmark:
+        f"{OUT}/benchmarks/build_slice_store.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain build-store --subject-slices {input.subjects} --contrasts {params.contrasts}"
+        " {params.split_table} --fractions {params.fractions} --seed {params.seed}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
