@@ -150,10 +150,12 @@ def assign_splits(subjects: list[str], fractions: dict[str, float], seed: int,
         return {s: known[s] for s in subjects if s in known}
     order = list(np.random.default_rng(seed).permutation(sorted(subjects)))
     total = sum(fractions.values())
-    counts = {name: int(round(len(order) * fractions.get(name, 0.0) / total)) for name in SPLITS}
-    counts["train"] = len(order) - counts["val"] - counts["test"]
-    if any(counts[s] < 1 for s in SPLITS if fractions.get(s, 0) > 0):
+    wanted = [s for s in SPLITS if fractions.get(s, 0.0) > 0]
+    if len(order) < len(wanted):
         raise InputError(f"{len(order)} subjects are too few for splits {fractions}")
+    # every split asked for gets at least one subject; train takes the rest
+    counts = {s: max(1, int(round(len(order) * fractions[s] / total))) if s in wanted else 0 for s in SPLITS}
+    counts["train"] = len(order) - counts["val"] - counts["test"]
     assignment, start = {}, 0
     for name in SPLITS:
         for subject in order[start: start + counts[name]]:

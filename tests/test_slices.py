@@ -1,0 +1,154 @@
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
+from codebrain.data.nifti import InputError
+from codebrain.data.slices import (SPLITS, SliceConfig, assign_splits, build_store, crop_pad, extract_subject,
+                                   normalisation_range, normalise)
+from conftest import REALDATA
+
+BRATS = REALDATA / "brats2023" / "BraTS-GLI-00000-000"
+BRATS_FILES = {c: BRATS / f"BraTS-GLI-00000-000-{s}.nii.gz" for c, s in
+               [("T1", "t1n"), ("T2", "t2w"), ("FLAIR", "t2f"), ("T1Gd", "t1c")]}
+
+
+def test_minmax_and_percentile_normalisation():
+    rng = np.random.default_rng(0)
+    volume = rng.gamma(2.0, 100.0, size=(20, 20, 10)).astype(np.float32)
+    volume[0, 0, 0] = 1e5  # one heavy-tailed voxel, as in real T1Gd
+    mask = np.ones(volume.shape, bool)
+    low, high = normalisation_range(volume, mask, SliceConfig(normalisation="minmax"))
+    scaled = normalise(volume, low, high)
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    assert np.allclose(scaled * (high - low) + low, volume, rtol=1e-5)  # invertible from the stored range
+    low, high = normalisation_range(volume, mask, SliceConfig(normalisation="percentile", upper_percentile=99.0))
+    assert high == pytest.approx(np.percentile(volume, 99.0))
+    robust = normalise(volume, low, high)
+    assert np.median(robust) > 10 * np.median(scaled)  # the outlier no longer squashes the brain
+
+
+def test_crop_pad_keeps_content_and_pads_zeros():
+    volume = np.arange(6 * 4 * 2, dtype=np.float32).reshape(6, 4, 2) + 1
+    out = crop_pad(volume, (-1, 1), 5)
+    assert out.shape == (5, 5, 2)
+    assert np.array_equal(out[1:5, 0:3], volume[0:4, 1:4])
+    assert (out[0] == 0).all() and (out[:, 3:] == 0).all()
+
+
+def test_real_brats_slices_with_authors_range(tmp_path):
+    cfg = SliceConfig(size=240, normalisation="percentile", upper_percentile=99.5, dtype="float32")
+    out = tmp_path / "brats.npz"
+    info = extract_subject("BraTS-GLI-00000-000", BRATS_FILES, list(BRATS_FILES), cfg, out, z_range=(37, 116),
+                           labels=BRATS / "BraTS-GLI-00000-000-seg.nii.gz")
+    npz = np.load(out)
+    assert npz["slices"].shape == (80, 4, 240, 240) and info["first_slice"] == 37
+    assert 0.0 <= npz["slices"].min() and npz["slices"].max() <= 1.0
+    assert set(np.unique(npz["labels"])) <= {0, 1, 2, 3} and (npz["labels"] > 0).any()
+    # BraTS is LPS on disk; our slices are RAS: slice k of the store is the flipped raw slice 37 + k
+    raw = np.asarray(nib.load(BRATS_FILES["T1"]).dataobj, dtype=np.float32)
+    low, high = npz["normalisation"][0]
+    expected = crop_pad(normalise(raw[::-1, ::-1, 50:51], low, high), tuple(npz["corner"]), 240)[..., 0]
+    assert np.allclose(npz["slices"][13, 0], expected, atol=1e-6)
+    t1gd_low, t1gd_high = npz["normalisation"][3]
+    assert t1gd_high < np.asarray(nib.load(BRATS_FILES["T1Gd"]).dataobj).max()  # robust upper bound
+
+
+def test_middle_slices_centre_on_brain(ixi_phantom, tmp_path):
+    _, subjects = ixi_phantom
+    files = {"T2": subjects[1]["T2"]}
+    info = extract_subject("s", files, ["T2"], SliceConfig(n_slices=8, size=48), tmp_path / "s.npz")
+    depth = nib.load(subjects[1]["T2"]).shape[2]
+    assert info["last_slice"] - info["first_slice"] == 7
+    assert 0.25 * depth < (info["first_slice"] + info["last_slice"]) / 2 < 0.75 * depth
+
+
+@pytest.mark.parametrize("n", [3, 10, 57])
+def test_splits_are_disjoint_and_deterministic(n):
+    subjects = [f"sub-{i:03d}" for i in range(n)]
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    assignment = assign_splits(subjects, fractions, seed=5)
+    assert sorted(assignment) == subjects  # every subject in exactly one split
+    assert set(assignment.values()) == set(SPLITS)
+    assert assignment == assign_splits(list(reversed(subjects)), fractions, seed=5)
+    counts = {split: sum(v == split for v in assignment.values()) for split in SPLITS}
+    assert counts["train"] >= max(counts["val"], counts["test"])
+    if n >= 20:
+        assert abs(counts["train"] / n - 0.7) < 0.05
+
+
+def test_split_table_is_followed():
+    table = pd.read_csv("config/splits/ixi.tsv", sep="\t")
+    subjects = list(table.subject[:50]) + ["IXI999-Unlisted-0000"]
+    assignment = assign_splits(subjects, {}, 0, table)
+    assert "IXI999-Unlisted-0000" not in assignment
+    assert all(assignment[s] == split for s, split in zip(table.subject[:50], table.split[:50]))
+    assert table.groupby("subject").split.nunique().max() == 1
+    assert table.split.value_counts().to_dict() == {"train": 500, "test": 40, "val": 37}
+
+
+def make_store(tmp_path, n_subjects=6, contrasts=("T1", "T2", "PD")):
+    rng = np.random.default_rng(1)
+    files = {}
+    for i in range(n_subjects):
+        path = tmp_path / f"s{i}.npz"
+        k = 3 + i % 2
+        np.savez(path, slices=rng.random((k, len(contrasts), 8, 8)).astype(np.float16), z=np.arange(10, 10 + k),
+                 normalisation=np.tile([0.0, 100.0 + i], (len(contrasts), 1)), corner=np.array([i, -i]),
+                 volume_shape=np.array([20, 20, 30]))
+        files[f"s{i}"] = path
+    assignment = assign_splits(sorted(files), {"train": 0.5, "val": 0.25, "test": 0.25}, 0)
+    summary = build_store(files, assignment, list(contrasts), tmp_path / "store")
+    return files, assignment, summary
+
+
+def test_store_rows_match_subject_slices(tmp_path):
+    files, assignment, summary = make_store(tmp_path)
+    seen = set()
+    for split in SPLITS:
+        array, _ = open_store(tmp_path / "store", split)
+        rows = pd.read_csv(tmp_path / "store" / f"{split}.tsv", sep="\t")
+        assert len(rows) == len(array) == summary["splits"][split]["slices"]
+        assert not seen & set(rows.subject)
+        seen |= set(rows.subject)
+        for subject, group in rows.groupby("subject"):
+            assert assignment[subject] == split
+            assert np.array_equal(array[group["index"].to_numpy()], np.load(files[subject])["slices"])
+    assert seen == set(files)
+    normalisation = pd.read_csv(tmp_path / "store" / "normalisation.tsv", sep="\t")
+    assert len(normalisation) == 3 * len(files)
+
+
+def test_store_with_other_contrasts_is_refused(tmp_path):
+    make_store(tmp_path)
+    with pytest.raises(InputError, match="contrasts"):
+        SliceDataset(tmp_path / "store", "train", contrasts=["T1", "T2", "FLAIR"])
+
+
+def test_scenario_sampler_covers_every_k_and_masks_the_anchor():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 5):
+        counts = set()
+        for _ in range(400):
+            scenario = sample_scenario(n, rng)
+            n_masked = int((~scenario.available).sum())
+            assert 1 <= n_masked <= n - 1
+            assert not scenario.available[scenario.anchor]
+            counts.add(n_masked)
+        assert counts == set(range(1, n))
+
+
+def test_dataset_items_are_deterministic_per_epoch(tmp_path):
+    make_store(tmp_path)
+    dataset = SliceDataset(tmp_path / "store", "train", seed=3)
+    item = dataset[2]
+    assert item["image"].dtype.is_floating_point and item["image"].shape == (3, 8, 8)
+    assert not item["scenario_mask"][item["anchor"]]
+    masks = [dataset[i]["scenario_mask"].tolist() for i in range(len(dataset))]
+    assert masks == [dataset[i]["scenario_mask"].tolist() for i in range(len(dataset))]
+    draws = []
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        draws.append([(tuple(dataset.scenario(i).available), dataset.scenario(i).anchor) for i in range(len(dataset))])
+    assert len({tuple(d) for d in draws}) > 1
