@@ -1,4 +1,4 @@
-# Helpers for the rules: subject discovery, per-subject inputs, parameters. No rule logic here.
+# Helpers for the workflow steps: subject discovery, per-subject inputs, parameters.
 import hashlib
 import json
 from functools import cache
@@ -28,7 +28,7 @@ if "phantom" in config:
 
 
 def source_hash(*modules):
-    """Hash of package sources a rule runs, as a param: Snakemake's code trigger sees only the rule."""
+    """Hash of the package sources behind a step (Snakemake's code trigger sees only shell text)."""
     digest = hashlib.sha256()
     for module in modules:
         digest.update((PACKAGE / module).read_bytes())
@@ -106,6 +106,10 @@ def get_store_subjects():
     table = split_table()
     subjects = get_subjects()
     return [s for s in subjects if s in table.index] if table is not None else subjects
+
+
+def get_download_marker():
+    return str(Path(config["download"].get("dest", Path(OUT, "downloads")), ".complete"))
 
 
 def get_final_outputs():

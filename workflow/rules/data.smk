@@ -11,7 +11,7 @@ if "phantom" in config:
             index=lambda wildcards: phantom_subjects()[wildcards.subject],
             downsample=config["phantom"]["downsample"],
             seed=config["phantom"]["seed"],
-            root=DATASET["root"],
+            root=lambda wildcards, output: Path(output[0]).parent.parent,
             code=source_hash("data/phantom.py", "data/layouts.py", "data/nifti.py"),
         log:
             f"{OUT}/logs/make_phantom_subject/{{subject}}.log",
@@ -55,10 +55,10 @@ rule check_raw:
 
 rule download_raw:
     output:
-        touch(f"{OUT}/downloads/.complete"),
+        touch(get_download_marker()),
     params:
-        urls=" ".join(f"--url {url}" for url in config.get("download", {}).get("urls", [])),
-        dest=config.get("download", {}).get("dest", f"{OUT}/downloads"),
+        urls=" ".join(f"--url {url}" for url in config["download"]["urls"]),
+        dest=lambda wildcards, output: Path(output[0]).parent,
         root=DATASET["root"],
     log:
         f"{OUT}/logs/download_raw.log",
