@@ -2,6 +2,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.data.nifti import InputError
@@ -143,7 +145,11 @@ def test_dataset_items_are_deterministic_per_epoch(tmp_path):
     make_store(tmp_path)
     dataset = SliceDataset(tmp_path / "store", "train", seed=3)
     item = dataset[2]
-    assert item["image"].dtype.is_floating_point and item["image"].shape == (3, 8, 8)
+    assert item["image"].dtype == torch.float16 and item["image"].shape == (3, 8, 8)
+    assert torch.equal(item["image"], torch.from_numpy(np.array(dataset.slices[2])))
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=False)))  # the batched read path
+    assert torch.equal(batch["image"], torch.stack([dataset[i]["image"] for i in range(4)]))
+    assert torch.equal(batch["anchor"], torch.tensor([dataset[i]["anchor"] for i in range(4)]))
     assert not item["scenario_mask"][item["anchor"]]
     masks = [dataset[i]["scenario_mask"].tolist() for i in range(len(dataset))]
     assert masks == [dataset[i]["scenario_mask"].tolist() for i in range(len(dataset))]

@@ -49,7 +49,12 @@ def open_store(store_dir: str | Path, split: str, contrasts: list[str] | None = 
 
 
 class SliceDataset(Dataset):
-    """Items: image [N, S, S] float32 in [0, 1], scenario_mask [N] bool (available), anchor int."""
+    """Items: image [N, S, S] in [0, 1], scenario_mask [N] bool (True = available), anchor int.
+
+    Images keep the store's dtype (float16 by default): convert them on the training device
+    (`batch["image"].to(device).float()`), where it is free; on the CPU the conversion alone
+    would cap the loader near 3,000 slices/s (BENCHMARKS.md).
+    """
 
     def __init__(self, store_dir, split: str, contrasts: list[str] | None = None, seed: int = 0):
         self.slices, self.summary = open_store(store_dir, split, contrasts)
@@ -65,10 +70,15 @@ class SliceDataset(Dataset):
     def scenario(self, index: int) -> Scenario:
         return sample_scenario(len(self.contrasts), np.random.default_rng([self.seed, self.epoch, index]))
 
-    def __getitem__(self, index: int) -> dict:
+    def item(self, image: np.ndarray, index: int) -> dict:
         scenario = self.scenario(index)
-        return {
-            "image": torch.from_numpy(self.slices[index].astype(np.float32)),
-            "scenario_mask": torch.from_numpy(scenario.available),
-            "anchor": scenario.anchor,
-        }
+        return {"image": torch.from_numpy(image), "scenario_mask": torch.from_numpy(scenario.available),
+                "anchor": scenario.anchor}
+
+    def __getitem__(self, index: int) -> dict:
+        return self.item(np.array(self.slices[index]), index)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A DataLoader batch in one memory-map read instead of one read per slice."""
+        block = self.slices[np.asarray(indices)]  # B x N x S x S, one copy
+        return [self.item(image, index) for image, index in zip(block, indices)]
