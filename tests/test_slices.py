@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -81,7 +83,7 @@ def test_splits_are_disjoint_and_deterministic(n):
 
 
 def test_split_table_is_followed():
-    table = pd.read_csv("config/splits/ixi.tsv", sep="\t")
+    table = pd.read_csv(Path(__file__).parents[1] / "config" / "splits" / "ixi.tsv", sep="\t")
     subjects = list(table.subject[:50]) + ["IXI999-Unlisted-0000"]
     assignment = assign_splits(subjects, {}, 0, table)
     assert "IXI999-Unlisted-0000" not in assignment
