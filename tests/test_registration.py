@@ -91,5 +91,5 @@ def test_real_ixi_recovers_known_pose(moving, tmp_path):
     error_mm = np.linalg.norm((estimated @ points - known @ points)[:3], axis=0).mean()
     moved_mm = np.linalg.norm((known @ points - points)[:3], axis=0).mean()
     print(f"IXI002 {moving}: moved {moved_mm:.1f} mm, recovered to {error_mm:.2f} mm; {qc['contrasts'][moving]}")
-    assert error_mm < 2.0 and error_mm < 0.2 * moved_mm  # 6 mm slices: no sub-millimetre claim
+    assert error_mm < 1.0  # a 6 mm slice thickness: one voxel's sixth
     assert qc["contrasts"][moving]["mi_after"] > qc["contrasts"][moving]["mi_before"] + 0.05

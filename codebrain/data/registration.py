@@ -16,6 +16,11 @@ import numpy as np
 from codebrain.data.nifti import load_volume, write_atomic
 
 TRANSFORM_TYPES = {"rigid": "Rigid", "affine": "Affine"}
+# ANTsPy's default pyramid starts at 1/8 resolution, too coarse for clinical volumes with 5-6 mm
+# slices: on the real IXI002 T1 it ended 1.8-6.2 mm off from run to run. Three levels from 1/4,
+# with every voxel sampled, end within 0.5 mm there, repeatably (BENCHMARKS.md, tests).
+PYRAMID = {"aff_shrink_factors": (4, 2, 1), "aff_smoothing_sigmas": (2, 1, 0),
+           "aff_iterations": (1000, 500, 200), "aff_random_sampling_rate": 1.0}
 LPS = np.diag([-1.0, -1.0, 1.0])  # ITK's physical space is LPS, NIfTI's world is RAS
 
 
@@ -42,7 +47,7 @@ def register_subject(files: dict[str, Path], reference: str, out_dir: Path, meth
             moving = ants.image_read(str(path), pixeltype="float")
             before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
             result = ants.registration(fixed, moving, type_of_transform=TRANSFORM_TYPES[method],
-                                       aff_metric="mattes", random_seed=seed)
+                                       aff_metric="mattes", random_seed=seed, **PYRAMID)
             registered = result["warpedmovout"]
             transform_file = out_dir / f"{contrast}_to_{reference}.mat"
             with write_atomic(transform_file) as tmp:
