@@ -89,6 +89,94 @@ def cmd_unpack(args):
         print(extract(archive, args.root))
 
 
+def config_section(args) -> dict:
+    """--config: inline JSON, or a YAML/JSON file."""
+    import yaml
+
+    if not args.config.lstrip().startswith("{"):
+        if not Path(args.config).is_file():
+            raise InputError(f"--config: {args.config}: no such file")
+        return yaml.safe_load(Path(args.config).read_text()) or {}
+    try:
+        return json.loads(args.config)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--config: neither a file nor JSON ({err})") from err
+
+
+def experiment_from(args):
+    from codebrain.training.config import Experiment
+
+    try:
+        return Experiment.from_dict(config_section(args), args.contrasts)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--config: {err}") from err
+
+
+def run_spec(args, rule: str):
+    from codebrain.tracking import tracking_uri
+    from codebrain.training.config import config_hash
+    from codebrain.training.checkpoints import git_commit
+    from codebrain.training.loop import RunSpec
+
+    tags = {"rule": rule, "dataset": args.dataset, "experiment": args.experiment,
+            "config_hash": config_hash(config_section(args)),
+            "git_commit": git_commit()}
+    return RunSpec(store=Path(args.store), out=Path(args.out), run_record=Path(args.run_record) if args.run_record else None,
+                   tracking_uri=tracking_uri(args.tracking_uri, args.results), experiment_name=args.dataset,
+                   run_name=f"{rule}/{args.experiment}", tags=tags)
+
+
+def cmd_train_stage1(args):
+    from codebrain.training.stage1 import train
+
+    train(experiment_from(args), run_spec(args, "train_stage1"))
+
+
+def cmd_train_stage2(args):
+    from codebrain.training.stage2 import train
+
+    train(experiment_from(args), run_spec(args, "train_stage2"), Path(args.stage1), Path(args.codes))
+
+
+def cmd_cache_codes(args):
+    from codebrain.tracking import Tracker, tracking_uri
+    from codebrain.training.cache_codes import cache_codes, plot_level_histograms
+
+    out_dir = Path(args.out_dir)
+    report = cache_codes(Path(args.stage1), Path(args.store), out_dir, tuple(args.splits), args.batch_size)
+    plot_level_histograms(report, out_dir / "code_levels.png")
+    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, f"cache_codes/{args.experiment}",
+                      {"rule": "cache_codes", "dataset": args.dataset, "experiment": args.experiment})
+    for split, usage in report["splits"].items():
+        tracker.log_metrics({f"{split}/{k}": v for k, v in usage.items() if isinstance(v, (int, float))})
+    tracker.log_artifact(out_dir / "codes.json")
+    if (out_dir / "code_levels.png").exists():
+        tracker.log_artifact(out_dir / "code_levels.png")
+    tracker.finish(args.run_record)
+    train = report["splits"]["train"]
+    if "codes_used" in train:
+        print(f"train codes used: {train['codes_used']} of {train['codebook_size']}, perplexity {train['perplexity']:.1f}")
+
+
+def cmd_model_size(args):
+    from codebrain.models.complexity import complexity, format_table
+
+    experiment = experiment_from(args)
+    print(format_table(complexity(experiment.model, args.size), args.size))
+
+
+def add_run_arguments(p, training: bool = True):
+    p.add_argument("--store", required=True, help="slice store folder (store.json)")
+    p.add_argument("--out", required=training, help="final checkpoint (written only when training completes)")
+    p.add_argument("--contrasts", nargs="+", required=True)
+    p.add_argument("--config", default="{}", help="experiment section {protocol, model, stage1, stage2}: JSON, or a YAML/JSON file")
+    p.add_argument("--run-record", help="JSON with the MLflow run id, written at the end")
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or SQLite in --results)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--dataset", default="codebrain", help="MLflow experiment name")
+    p.add_argument("--experiment", default="default", help="name of this model variant")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="codebrain", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -148,6 +236,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("archive", nargs="+")
     p.add_argument("--root", required=True)
     p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("train-stage1", help="Stage I: codes + common features + decoder (run under accelerate launch)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train_stage1)
+
+    p = sub.add_parser("cache-codes", help="Stage I codes of every slice and contrast, for Stage II")
+    add_run_arguments(p, training=False)
+    p.add_argument("--stage1", required=True, help="Stage I checkpoint")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_cache_codes)
+
+    p = sub.add_parser("train-stage2", help="Stage II: code prediction from the available contrasts")
+    add_run_arguments(p)
+    p.add_argument("--stage1", required=True, help="Stage I checkpoint")
+    p.add_argument("--codes", required=True, help="code cache folder (cache-codes)")
+    p.set_defaults(func=cmd_train_stage2)
+
+    p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
+    p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
+    p.add_argument("--config", default="{}", help="experiment section: JSON, or a YAML/JSON file (e.g. config/models/paper.yaml)")
+    p.add_argument("--size", type=int, default=256)
+    p.set_defaults(func=cmd_model_size)
     return top
 
 
@@ -158,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"codebrain {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from codebrain.training.loop import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"codebrain {args.command}: error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -48,6 +48,17 @@ def open_store(store_dir: str | Path, split: str, contrasts: list[str] | None = 
     return np.load(store_dir / f"{split}.npy", mmap_mode="r"), summary
 
 
+def open_codes(codes_dir: str | Path, split: str, n_slices: int) -> np.ndarray:
+    """The code cache of a split (memory-mapped), checked against the slice count of the store."""
+    path = Path(codes_dir) / f"{split}.npy"
+    if not path.exists():
+        raise InputError(f"{path}: no cached codes for split {split!r} (run cache-codes)")
+    codes = np.load(path, mmap_mode="r")
+    if len(codes) != n_slices:
+        raise InputError(f"{path}: {len(codes)} codes for {n_slices} slices: the cache is from another slice store")
+    return codes
+
+
 class SliceDataset(Dataset):
     """Items: image [N, S, S] in [0, 1], scenario_mask [N] bool (True = available), anchor int.
 
@@ -56,10 +67,12 @@ class SliceDataset(Dataset):
     would cap the loader near 3,000 slices/s (BENCHMARKS.md).
     """
 
-    def __init__(self, store_dir, split: str, contrasts: list[str] | None = None, seed: int = 0):
+    def __init__(self, store_dir, split: str, contrasts: list[str] | None = None, seed: int = 0,
+                 codes_dir: str | Path | None = None):
         self.slices, self.summary = open_store(store_dir, split, contrasts)
         self.contrasts = self.summary["contrasts"]
         self.seed, self.epoch = seed, 0
+        self.codes = open_codes(codes_dir, split, len(self.slices)) if codes_dir is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,15 +83,19 @@ class SliceDataset(Dataset):
     def scenario(self, index: int) -> Scenario:
         return sample_scenario(len(self.contrasts), np.random.default_rng([self.seed, self.epoch, index]))
 
-    def item(self, image: np.ndarray, index: int) -> dict:
+    def item(self, image: np.ndarray, index: int, codes: np.ndarray | None) -> dict:
         scenario = self.scenario(index)
-        return {"image": torch.from_numpy(image), "scenario_mask": torch.from_numpy(scenario.available),
+        item = {"image": torch.from_numpy(image), "scenario_mask": torch.from_numpy(scenario.available),
                 "anchor": scenario.anchor}
+        if codes is not None:
+            item["codes"] = torch.from_numpy(codes)  # n_code_maps x d' x h x w, Stage I's codes of every contrast
+        return item
 
     def __getitem__(self, index: int) -> dict:
-        return self.item(np.array(self.slices[index]), index)
+        return self.item(np.array(self.slices[index]), index, None if self.codes is None else np.array(self.codes[index]))
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """A DataLoader batch in one memory-map read instead of one read per slice."""
         block = self.slices[np.asarray(indices)]  # B x N x S x S, one copy
-        return [self.item(image, index) for image, index in zip(block, indices)]
+        codes = self.codes[np.asarray(indices)] if self.codes is not None else [None] * len(indices)
+        return [self.item(image, index, code) for image, index, code in zip(block, indices, codes)]

@@ -1,0 +1,68 @@
+"""The model's shape in one dataclass, saved in every checkpoint so a model can be rebuilt from it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class ModelConfig:
+    contrasts: list[str] = field(default_factory=lambda: ["T1", "T2", "PD"])
+    # Stage I: E_posterior, E_s and D_a share the NAFNet shape; code maps are H / 2**len(enc_blocks)
+    width: int = 16
+    enc_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
+    middle_blocks: int = 1
+    dec_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
+    common_width: int = 0  # E_s width; 0 = width (the release uses 96)
+    common_features: bool = True  # F_c on/off (the paper's ablation)
+    joint_code: bool = False  # release: one code map from all N contrasts; D_a outputs all N
+    decoder: str = "unet"  # unet (NAFNet with skips from E_s) | wide (release: 1x1 fusion, blocks, PixelShuffle)
+    decoder_width: int = 1536
+    decoder_blocks: int = 6
+    # the code: d dimensions with L levels each (or per-dimension levels, e.g. the release's 8,8,8,5,5,5)
+    quantiser: str = "fsq"  # fsq | vq | continuous
+    code_dim: int = 9
+    levels: int | list[int] = 5
+    codebook_size: int = 512  # vq only
+    commitment: float = 0.25  # vq only
+    # Stage II: E_prior
+    prior_width: int = 16
+    prior_enc_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
+    prior_middle_blocks: int = 1
+    prior_loss: str = "grading"  # grading (ordinal BCE) | ce; vq always ce, continuous l1
+    # PatchGAN
+    disc_width: int = 64
+    disc_layers: int = 3
+    disc_conditional: bool = False  # release: D sees the masked input beside the image
+
+    def __post_init__(self):
+        if isinstance(self.levels, int):
+            self.levels = [self.levels] * self.code_dim
+        self.levels, self.code_dim = list(self.levels), len(self.levels)
+        if self.decoder not in ("unet", "wide"):
+            raise ValueError(f"model.decoder: {self.decoder!r} is not unet or wide")
+        if self.prior_loss not in ("grading", "ce"):
+            raise ValueError(f"model.prior_loss: {self.prior_loss!r} is not grading or ce")
+        if len(self.dec_blocks) != len(self.enc_blocks):
+            raise ValueError("model.dec_blocks must have one entry per encoder level (model.enc_blocks)")
+
+    @property
+    def n_code_maps(self) -> int:
+        """Code maps per slice: one per contrast (paper) or one joint map (release)."""
+        return 1 if self.joint_code else len(self.contrasts)
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** len(self.enc_blocks)
+
+    @classmethod
+    def from_dict(cls, section: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(section) - known
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+        return cls(**section)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+

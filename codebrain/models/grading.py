@@ -1,0 +1,80 @@
+"""What Stage II predicts per code dimension, and its loss: ordinal grading (paper), classes (CE ablation, VQ)
+or the latent itself (continuous ablation).
+
+Grading (DESIGN.md): a level y in {0..L-1} is L-1 ordinal bits, bit j = 1 if j < y; the head
+gives one logit per bit and is trained with BCE; the predicted level is the number of bits
+with probability > 0.5. Neighbouring levels then differ in one bit, so a near miss costs less
+than a far one, which cross-entropy over L classes cannot express.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def level_to_bits(levels: torch.Tensor, n_levels: int) -> torch.Tensor:
+    """B x h x w integer levels -> B x (L-1) x h x w ordinal bits (float)."""
+    bits = torch.arange(n_levels - 1, device=levels.device).view(1, -1, 1, 1)
+    return (bits < levels.long()[:, None]).float()
+
+
+def bits_to_level(logits: torch.Tensor) -> torch.Tensor:
+    """B x (L-1) x h x w bit logits -> B x h x w levels: how many bits have p > 0.5."""
+    return (logits > 0).sum(1)
+
+
+class GradingTarget:
+    """FSQ levels, ordinal BCE over sum(L_i - 1) bits."""
+
+    def __init__(self, levels: list[int]):
+        self.levels = levels
+        self.channels = sum(n - 1 for n in levels)
+
+    def loss(self, logits, codes):
+        """logits B x sum(L_i-1) x h x w, codes B x d x h x w."""
+        chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)
+        bits = torch.cat([level_to_bits(codes[:, i], n) for i, n in enumerate(self.levels)], 1)
+        return F.binary_cross_entropy_with_logits(torch.cat(chunks, 1).float(), bits)
+
+    def predict(self, logits):
+        chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)
+        return torch.stack([bits_to_level(chunk) for chunk in chunks], 1).to(torch.uint8)
+
+
+class ClassTarget:
+    """Cross-entropy over L_i classes per dimension (the paper's "CLS" ablation; VQ's one index of K)."""
+
+    def __init__(self, levels: list[int]):
+        self.levels = levels
+        self.channels = sum(levels)
+
+    def loss(self, logits, codes):
+        chunks = torch.split(logits.float(), self.levels, dim=1)
+        return sum(F.cross_entropy(chunk, codes[:, i].long()) for i, chunk in enumerate(chunks)) / len(chunks)
+
+    def predict(self, logits):
+        chunks = torch.split(logits, self.levels, dim=1)
+        dtype = torch.uint8 if max(self.levels) <= 256 else torch.int64
+        return torch.stack([chunk.argmax(1) for chunk in chunks], 1).to(dtype)
+
+
+class RegressionTarget:
+    """The continuous latent, L1 loss."""
+
+    def __init__(self, dim: int):
+        self.channels = dim
+
+    def loss(self, logits, codes):
+        return F.l1_loss(logits.float(), codes.float())
+
+    def predict(self, logits):
+        return logits.float()
+
+
+def code_target(quantiser: str, prior_loss: str, levels: list[int], codebook_size: int):
+    if quantiser == "continuous":
+        return RegressionTarget(len(levels))
+    if quantiser == "vq":
+        return ClassTarget([codebook_size])
+    return GradingTarget(levels) if prior_loss == "grading" else ClassTarget(levels)

@@ -1,0 +1,117 @@
+"""NAFNet building blocks (Chen et al. 2022), split into an encoder and a decoder.
+
+CodeBrain's networks are all NAFNet pieces: the encoders (E_posterior, E_s, E_prior) are
+NAFNet's contracting half, the decoder D_a its expanding half with additive skips. A block
+is LayerNorm2d -> 1x1 -> depthwise 3x3 -> SimpleGate -> simplified channel attention -> 1x1,
+then a gated feed-forward, both residual with learnt scales that start at zero (so a fresh
+block is the identity).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels at every pixel (NCHW)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class SimpleGate(nn.Module):
+    """Split channels in half and multiply: a GELU-free nonlinearity."""
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        return x1 * x2
+
+
+class NAFBlock(nn.Module):
+    def __init__(self, channels: int, dw_expand: int = 2, ffn_expand: int = 2):
+        super().__init__()
+        dw = channels * dw_expand
+        self.norm1 = LayerNorm2d(channels)
+        self.conv1 = nn.Conv2d(channels, dw, 1)
+        self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)  # depthwise 3x3
+        self.gate = SimpleGate()
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw // 2, dw // 2, 1))  # channel attention
+        self.conv3 = nn.Conv2d(dw // 2, channels, 1)
+        self.norm2 = LayerNorm2d(channels)
+        self.conv4 = nn.Conv2d(channels, ffn_expand * channels, 1)
+        self.conv5 = nn.Conv2d(ffn_expand * channels // 2, channels, 1)
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, inp):
+        x = self.gate(self.conv2(self.conv1(self.norm1(inp))))
+        x = self.conv3(x * self.sca(x))
+        y = inp + x * self.beta
+        x = self.conv5(self.gate(self.conv4(self.norm2(y))))
+        return y + x * self.gamma
+
+
+def blocks(channels: int, count: int) -> nn.Sequential:
+    return nn.Sequential(*[NAFBlock(channels) for _ in range(count)])
+
+
+class NAFEncoder(nn.Module):
+    """in_channels x H x W -> per-level features (skips) and a bottleneck.
+
+    Level i has width * 2**i channels at H / 2**i; the bottleneck has width * 2**levels
+    channels at H / 2**levels, levels = len(enc_blocks).
+    """
+
+    def __init__(self, in_channels: int, width: int, enc_blocks: list[int], middle_blocks: int):
+        super().__init__()
+        self.intro = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.levels, self.downs = nn.ModuleList(), nn.ModuleList()
+        channels = width
+        for count in enc_blocks:
+            self.levels.append(blocks(channels, count))
+            self.downs.append(nn.Conv2d(channels, 2 * channels, 2, stride=2))
+            channels *= 2
+        self.middle = blocks(channels, middle_blocks)
+        self.out_channels = channels
+
+    def forward(self, x):
+        skips = []
+        x = self.intro(x)  # B x width x H x W
+        for level, down in zip(self.levels, self.downs):
+            x = level(x)
+            skips.append(x)
+            x = down(x)  # channels x2, H and W /2
+        return skips, self.middle(x)  # bottleneck: B x out_channels x H/2^levels x W/2^levels
+
+
+class NAFDecoder(nn.Module):
+    """Bottleneck (+ encoder skips, added level by level) -> out_channels x H x W."""
+
+    def __init__(self, width: int, dec_blocks: list[int], out_channels: int):
+        super().__init__()
+        self.ups, self.levels = nn.ModuleList(), nn.ModuleList()
+        channels = width * 2 ** len(dec_blocks)
+        for count in dec_blocks:
+            # 1x1 to twice the channels, then PixelShuffle: half the channels at twice the size
+            self.ups.append(nn.Sequential(nn.Conv2d(channels, 2 * channels, 1, bias=False), nn.PixelShuffle(2)))
+            channels //= 2
+            self.levels.append(blocks(channels, count))
+        self.ending = nn.Conv2d(width, out_channels, 3, padding=1)
+
+    def forward(self, x, skips: list[torch.Tensor] | None = None):
+        for i, (up, level) in enumerate(zip(self.ups, self.levels)):
+            x = up(x)
+            if skips is not None:
+                x = x + skips[-1 - i]
+            x = level(x)
+        return self.ending(x)

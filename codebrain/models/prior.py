@@ -1,0 +1,37 @@
+"""Stage II: E_prior predicts the codes of all contrasts from the masked stack (DESIGN.md, "Stage II").
+
+Output: for each code map (one per contrast, or one joint map in the release protocol) and
+each code dimension, the logits of the chosen target (grading bits, classes, or values).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from codebrain.models.config import ModelConfig
+from codebrain.models.grading import code_target
+from codebrain.models.nafnet import NAFEncoder
+
+
+class CodePrior(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if len(cfg.prior_enc_blocks) != len(cfg.enc_blocks):
+            raise ValueError("model.prior_enc_blocks needs as many levels as model.enc_blocks (same code size)")
+        self.cfg = cfg
+        self.target = code_target(cfg.quantiser, cfg.prior_loss, cfg.levels, cfg.codebook_size)
+        self.encoder = NAFEncoder(len(cfg.contrasts), cfg.prior_width, cfg.prior_enc_blocks, cfg.prior_middle_blocks)
+        self.head = nn.Conv2d(self.encoder.out_channels, cfg.n_code_maps * self.target.channels, 1)
+
+    def forward(self, masked):
+        """M_s: B x N x S x S -> logits B x n_code_maps x channels x h x w."""
+        logits = self.head(self.encoder(masked)[1])
+        return logits.view(len(masked), self.cfg.n_code_maps, self.target.channels, *logits.shape[2:])
+
+    def loss(self, logits, codes):
+        """codes: B x n_code_maps x d' x h x w, the cached Stage I codes of every contrast."""
+        return self.target.loss(logits.flatten(0, 1), codes.flatten(0, 1))
+
+    def predict(self, logits):
+        """Logits -> codes, B x n_code_maps x d' x h x w."""
+        return self.target.predict(logits.flatten(0, 1)).unflatten(0, logits.shape[:2])

@@ -1,0 +1,103 @@
+"""Stage I: E_posterior, the quantiser, E_s and D_a (DESIGN.md, "Stage I").
+
+The anchor contrast M_a is encoded into a d x h x w latent, quantised into its code Zq_a;
+the masked stack M_s (anchor among the missing) gives the common features F_c; D_a decodes
+concat[Zq_a, F_c] back into M_a. The code can only carry what F_c lacks: the contrast- and
+instance-specific part. No module knows which contrast it is looking at.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from codebrain.models.config import ModelConfig
+from codebrain.models.nafnet import NAFDecoder, NAFEncoder, blocks
+from codebrain.models.quantisers import build_quantiser
+
+
+class PosteriorEncoder(nn.Module):
+    """E_posterior: one contrast (or, release, all N) -> latent F_a, d x H/2^levels x W/2^levels."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        in_channels = len(cfg.contrasts) if cfg.joint_code else 1
+        self.encoder = NAFEncoder(in_channels, cfg.width, cfg.enc_blocks, cfg.middle_blocks)
+        self.to_latent = nn.Conv2d(self.encoder.out_channels, cfg.code_dim, 1)
+
+    def forward(self, x):
+        return self.to_latent(self.encoder(x)[1])
+
+
+class UNetDecoder(nn.Module):
+    """D_a (paper): concat[code, F_c bottleneck] -> 1x1 fusion -> NAFNet decoder with F_c's skips."""
+
+    def __init__(self, cfg: ModelConfig, common_channels: int, out_channels: int):
+        super().__init__()
+        channels = cfg.width * cfg.downsampling
+        self.fuse = nn.Conv2d(cfg.code_dim + common_channels, channels, 1)
+        self.middle = blocks(channels, cfg.middle_blocks)
+        self.decoder = NAFDecoder(cfg.width, cfg.dec_blocks, out_channels)
+
+    def forward(self, latent, common):
+        skips, bottleneck = common if common is not None else (None, None)
+        x = latent if bottleneck is None else torch.cat([latent, bottleneck], 1)
+        return self.decoder(self.middle(self.fuse(x)), skips)
+
+
+class WideDecoder(nn.Module):
+    """D_a (release): 1x1 fusion to a wide bottleneck, NAFBlocks there, one PixelShuffle up, no skips."""
+
+    def __init__(self, cfg: ModelConfig, common_channels: int, out_channels: int):
+        super().__init__()
+        self.fuse = nn.Conv2d(cfg.code_dim + common_channels, cfg.decoder_width, 1)
+        self.middle = blocks(cfg.decoder_width, cfg.decoder_blocks)
+        self.up = nn.Sequential(nn.Conv2d(cfg.decoder_width, out_channels * cfg.downsampling ** 2, 1),
+                                nn.PixelShuffle(cfg.downsampling))
+
+    def forward(self, latent, common):
+        x = latent if common is None else torch.cat([latent, common[1]], 1)
+        return self.up(self.middle(self.fuse(x)))
+
+
+class Reconstructor(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = len(cfg.contrasts)
+        self.posterior = PosteriorEncoder(cfg)
+        self.quantiser = build_quantiser(cfg.quantiser, cfg.levels, cfg.codebook_size, cfg.commitment)
+        common_width = cfg.common_width or cfg.width
+        self.common = NAFEncoder(n, common_width, cfg.enc_blocks, cfg.middle_blocks) if cfg.common_features else None
+        common_channels = self.common.out_channels if self.common is not None else 0
+        decoder = WideDecoder if cfg.decoder == "wide" else UNetDecoder
+        if decoder is UNetDecoder and cfg.common_features and common_width != cfg.width:
+            raise ValueError("model.common_width must equal model.width with the unet decoder (additive skips)")
+        self.decoder = decoder(cfg, common_channels, n if cfg.joint_code else 1)
+
+    def common_features(self, masked):
+        """F_c = E_s(M_s): (skips, bottleneck), or None when the ablation drops it."""
+        return self.common(masked) if self.common is not None else None
+
+    def posterior_input(self, image, anchor):
+        """M_a: B x 1 x S x S, the anchor channel (release: the whole stack)."""
+        if self.cfg.joint_code:
+            return image
+        return image[torch.arange(len(image), device=image.device), anchor][:, None]
+
+    def encode(self, image):
+        """Codes of every contrast: B x N x S x S -> B x n_code_maps x d' x h x w (for the code cache)."""
+        b, n = image.shape[:2]
+        x = image if self.cfg.joint_code else image.reshape(b * n, 1, *image.shape[2:])
+        _, codes, _ = self.quantiser(self.posterior(x))
+        return codes.reshape(b, self.cfg.n_code_maps, *codes.shape[1:])
+
+    def decode(self, latent, masked):
+        """D_a(concat[latent, E_s(M_s)]): B x 1 x S x S (release: B x N x S x S)."""
+        return self.decoder(latent, self.common_features(masked))
+
+    def forward(self, image, scenario_mask, anchor):
+        """image B x N x S x S, scenario_mask B x N (True = available), anchor B -> reconstruction, codes, aux loss."""
+        masked = image * scenario_mask[:, :, None, None].to(image.dtype)  # M_s
+        latent, codes, quantiser_loss = self.quantiser(self.posterior(self.posterior_input(image, anchor)))
+        return self.decode(latent, masked), codes, quantiser_loss

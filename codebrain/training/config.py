@@ -1,0 +1,112 @@
+"""Training configuration: one dataclass per stage, and the two protocols (paper text, authors' release).
+
+An experiment's config section is {protocol, model, stage1, stage2}; the protocol supplies
+defaults (DESIGN.md's table) and the section's own keys win, so the paper's ablations and the
+release are configs, not code edits.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from codebrain.models.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 16  # global batch: split across processes, so any process count sees the same batches
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-3
+    lr_min: float = 1e-5  # cosine floor
+    warmup_steps: int = 0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # Stage I only: adversarial term and reconstruction weights
+    gan_weight: float = 1.0  # lambda; 0 switches the discriminator off
+    gan_loss: str = "vanilla"  # vanilla (BCE) | lsgan
+    gan_start: float = 0.0  # fraction of the steps before the adversarial loss switches on
+    disc_lr: float = 2e-4
+    disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    missing_weight: float = 1.0  # PSNR-loss weight on masked contrasts (release: 20)
+    available_weight: float = 0.0  # on available ones, joint decoder only (release: 5)
+    per_batch_mask: bool = False  # release: one scenario per batch instead of per sample
+    # bookkeeping
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    log_every: int = 20
+    val_batch_size: int = 64
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer {self.optimizer!r} is not adam or adamw")
+        if self.gan_loss not in ("vanilla", "lsgan"):
+            raise ValueError(f"gan_loss {self.gan_loss!r} is not vanilla or lsgan")
+
+
+PROTOCOLS = {
+    "paper": {"model": {}, "stage1": {}, "stage2": {"gan_weight": 0.0}},
+    "release": {
+        "model": {"joint_code": True, "levels": [8, 8, 8, 5, 5, 5], "decoder": "wide", "decoder_width": 1536,
+                  "decoder_blocks": 6, "common_width": 96, "prior_width": 96, "disc_conditional": True},
+        "stage1": {"optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5, "betas": [0.9, 0.9], "missing_weight": 20.0,
+                   "available_weight": 5.0, "gan_loss": "lsgan", "gan_weight": 0.1, "gan_start": 0.2,
+                   "disc_lr": 5e-5, "disc_betas": [0.5, 0.9], "per_batch_mask": True},
+        "stage2": {"optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5, "betas": [0.9, 0.9], "gan_weight": 0.0,
+                   "per_batch_mask": True},
+    },
+}
+
+
+def dataclass_from(cls, section: dict, where: str):
+    unknown = set(section) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    return cls(**section)
+
+
+@dataclass
+class Experiment:
+    protocol: str
+    model: ModelConfig
+    stage1: TrainConfig
+    stage2: TrainConfig
+
+    @classmethod
+    def from_dict(cls, section: dict, contrasts: list[str]) -> "Experiment":
+        """{protocol, model, stage1, stage2} over the protocol's defaults; contrasts from the dataset."""
+        protocol = section.get("protocol", "paper")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} is not one of {sorted(PROTOCOLS)}")
+        merged = copy.deepcopy(PROTOCOLS[protocol])
+        for part in ("model", "stage1", "stage2"):
+            merged[part].update(section.get(part) or {})
+        merged["model"]["contrasts"] = list(contrasts)
+        return cls(protocol, dataclass_from(ModelConfig, merged["model"], "model"),
+                   dataclass_from(TrainConfig, merged["stage1"], "stage1"),
+                   dataclass_from(TrainConfig, merged["stage2"], "stage2"))
+
+    def to_dict(self) -> dict:
+        return {"protocol": self.protocol, "model": asdict(self.model), "stage1": asdict(self.stage1),
+                "stage2": asdict(self.stage2)}
+
+
+def config_hash(section: dict) -> str:
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(section: dict, prefix: str = "") -> dict:
+    """{"model": {"width": 16}} -> {"model.width": 16} (MLflow params)."""
+    flat = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,136 @@
+"""Pieces both training stages share: the accelerator, the data order, the LR schedule, the NaN guard.
+
+Data order: each epoch is a permutation drawn from (seed, epoch), cut into global batches;
+every process takes its contiguous share of each global batch. One process with batch B and
+two with B/2 each therefore see the same samples per step, and a resumed run restarts at the
+exact batch where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from codebrain.data.dataset import sample_scenario
+from codebrain.data.nifti import InputError
+from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
+from codebrain.training.config import TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Progress:
+    """The step counter, saved with Accelerate's state so a resumed run knows where it stopped."""
+    step: int = 0
+
+    def state_dict(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, state):
+        self.step = state["step"]
+
+
+@dataclass
+class RunSpec:
+    """Where a training run reads and writes, and how it is tracked."""
+    store: Path
+    out: Path
+    run_record: Path | None = None
+    tracking_uri: str = ""
+    experiment_name: str = "codebrain"
+    run_name: str = "train_stage1"
+    tags: dict | None = None
+
+
+def make_accelerator() -> Accelerator:
+    """bf16 autocast on GPUs, full precision on the CPU."""
+    cuda = torch.cuda.is_available()
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+
+
+class GlobalBatches:
+    def __init__(self, n_items: int, global_batch: int, seed: int, rank: int, world: int):
+        if global_batch % world:
+            raise InputError(f"batch_size {global_batch} does not split evenly over {world} processes")
+        if n_items < global_batch:
+            raise InputError(f"{n_items} training slices are fewer than one batch ({global_batch})")
+        self.n_items, self.global_batch, self.seed = n_items, global_batch, seed
+        self.share, self.rank = global_batch // world, rank
+        self.per_epoch = n_items // global_batch  # the incomplete last batch is dropped
+
+    def epoch(self, epoch: int, start: int = 0) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+        first = self.rank * self.share
+        return [order[b * self.global_batch + first: b * self.global_batch + first + self.share].tolist()
+                for b in range(start, self.per_epoch)]
+
+
+def epoch_loader(dataset, batches: GlobalBatches, step: int, num_workers: int):
+    """(epoch, DataLoader over the rest of that epoch) for the given global step."""
+    epoch, offset = divmod(step, batches.per_epoch)
+    dataset.set_epoch(epoch)
+    return epoch, DataLoader(dataset, batch_sampler=batches.epoch(epoch, offset), num_workers=num_workers)
+
+
+def batch_scenario(batch: dict, cfg: TrainConfig, step: int, n_contrasts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scenario_mask B x N, anchor B): per sample, or one per global batch (release) drawn from (seed, step)."""
+    mask, anchor = batch["scenario_mask"], batch["anchor"]
+    if cfg.per_batch_mask:
+        scenario = sample_scenario(n_contrasts, np.random.default_rng([cfg.seed, step, 1]))
+        mask = torch.from_numpy(scenario.available).expand_as(mask)
+        anchor = torch.full_like(anchor, scenario.anchor)
+    return mask, anchor
+
+
+def cosine_lr(step: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
+    """Linear warm-up, then cosine from lr to lr_min over the remaining steps."""
+    lr = cfg.lr if base_lr is None else base_lr
+    floor = cfg.lr_min * lr / cfg.lr
+    if step < cfg.warmup_steps:
+        return lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def make_optimizer(parameters, cfg: TrainConfig, lr: float | None = None, betas=None):
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=lr or cfg.lr, betas=tuple(betas or cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def check_finite(accelerator, losses: dict, step: int, state) -> None:
+    """Stop every process together when any process sees a NaN/inf loss, naming the step."""
+    bad = torch.tensor([0.0 if all(torch.isfinite(v).all() for v in losses.values()) else 1.0],
+                       device=accelerator.device)
+    if accelerator.reduce(bad, "sum").item() > 0:
+        values = {k: float(v) for k, v in losses.items()}
+        raise TrainingDiverged(f"non-finite loss at step {step + 1}: {values}; last good checkpoint: "
+                               f"{state.latest() or 'none (no checkpoint written yet)'}")
+
+
+def validate(accelerator, stage1, val_slices, contrasts, cfg: TrainConfig, tracker, step: int, prior=None) -> dict:
+    """PSNR over every scenario on the validation split (main process): Stage I reconstruction, zero
+    filling and, given E_prior, Stage II imputation and code accuracy per contrast."""
+    metrics = {}
+    if accelerator.is_main_process:
+        table = evaluate_scenarios(stage1, val_slices, contrasts, accelerator.device, cfg.val_batch_size, prior=prior)
+        metrics = {f"val/{k}": v for k, v in summarise(table).items()}
+        tracker.log_metrics(metrics, step)
+        imputed = f"imputation {metrics['val/psnr_stage2']:.2f} dB, " if prior is not None else ""
+        accelerator.print(f"step {step}: val PSNR {imputed}reconstruction {metrics['val/psnr_stage1']:.2f} dB, "
+                          f"zero-filling {metrics['val/psnr_zero']:.2f} dB")
+    accelerator.wait_for_everyone()
+    return metrics
