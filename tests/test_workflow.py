@@ -25,9 +25,9 @@ def snakemake(workdir, *args, configfile=TINY, check=True):
     return result
 
 
-def planned_jobs(workdir, *args) -> dict[str, int]:
+def planned_jobs(workdir, *args, configfile=TINY) -> dict[str, int]:
     """Job counts per rule from a dry run."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args)
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
     text = out.stdout + out.stderr
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M) if m[1] != "total"}
 
@@ -56,7 +56,9 @@ def test_outputs_and_nothing_left_to_do(workdir):
     assert planned_jobs(path) == {}
 
 
-ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1, "all": 1}
+TRAINING = {"train_stage1": 1, "cache_codes": 1, "train_stage2": 1}
+ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1, **TRAINING,
+                     "all": 1}
 
 
 def test_changed_raw_file_reruns_only_that_subject(workdir):
@@ -85,12 +87,36 @@ def test_touched_raw_file_reruns_by_mtime_above_checksum_size(workdir):
     assert planned_jobs(path, "--max-checksum-file-size", "0") == ONE_SUBJECT_CHAIN
 
 
-def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
-    path, _ = workdir
+def test_training_chain_runs_once_per_experiment(workdir):
+    path, planned = workdir
+    assert {rule: planned[rule] for rule in TRAINING} == TRAINING
+    models = path / "results" / "tiny" / "models" / "codebrain"
+    for name in ("stage1.pt", "stage2.pt", "codes/train.npy", "codes/codes.json", "stage1.run.json"):
+        assert (models / name).exists(), name
+    assert "step 6: val PSNR" in (path / "results" / "tiny" / "logs" / "train_stage2" / "codebrain.log").read_text()
+
+
+def changed_config(tmp_path, edit) -> Path:
     config = yaml.safe_load(TINY.read_text())
-    config["slices"]["size"] = 48
+    edit(config)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
+    return changed
+
+
+@pytest.mark.parametrize("stage,rerun", [
+    ("stage2", {"train_stage2": 1, "all": 1}),
+    ("stage1", {**TRAINING, "all": 1}),
+])
+def test_changed_training_parameter_reruns_that_stage_and_after(workdir, tmp_path, stage, rerun):
+    path, _ = workdir
+    changed = changed_config(tmp_path, lambda c: c["experiments"]["codebrain"][stage].update(steps=7))
+    assert planned_jobs(path, configfile=changed) == rerun
+
+
+def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
+    path, _ = workdir
+    changed = changed_config(tmp_path, lambda c: c["slices"].update(size=48))
     planned = snakemake(path, "-n", "--quiet", "rules", configfile=changed).stdout
     assert re.search(r"^extract_slices\s+4$", planned, re.M)
     assert "register_subject" not in planned and "make_phantom_subject" not in planned
@@ -101,6 +127,8 @@ def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
     (lambda c: c["slices"].update(size="big"), r"'big' is not of type 'integer'"),
     (lambda c: c["dataset"].pop("root"), r"'root' is a required property"),
     (lambda c: c["dataset"].update(reference="FLAIR"), r"dataset.reference: FLAIR is not one of dataset.contrasts"),
+    (lambda c: c["experiments"]["codebrain"]["model"].update(widht=8), r"experiments.codebrain: model: unknown keys \['widht'\]"),
+    (lambda c: c["experiments"]["codebrain"].update(protocol="preprint"), r"'preprint' is not one of"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     config = yaml.safe_load(TINY.read_text())

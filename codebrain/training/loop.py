@@ -9,6 +9,7 @@ exact batch where it stopped.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from codebrain.data.dataset import sample_scenario
 from codebrain.data.nifti import InputError
@@ -49,6 +51,13 @@ class RunSpec:
     experiment_name: str = "codebrain"
     run_name: str = "train_stage1"
     tags: dict | None = None
+
+
+def progress_bar(accelerator, total: int, initial: int, desc: str) -> tqdm:
+    """Main process only; in a log file (no terminal) one line every 30 s instead of a redraw per step."""
+    interval = 0.1 if sys.stderr.isatty() else 30
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=interval,
+                disable=not accelerator.is_main_process)
 
 
 def make_accelerator() -> Accelerator:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from tqdm import tqdm
 
 from codebrain.data.dataset import SliceDataset, open_store
 from codebrain.models.losses import psnr_loss
@@ -21,7 +20,7 @@ from codebrain.tracking import Tracker
 from codebrain.training.checkpoints import ResumeState, save_checkpoint
 from codebrain.training.config import Experiment, config_hash, flatten
 from codebrain.training.loop import (GlobalBatches, Progress, RunSpec, batch_scenario, check_finite, cosine_lr,
-                                     epoch_loader, make_accelerator, make_optimizer, set_lr, validate)
+                                     epoch_loader, make_accelerator, make_optimizer, progress_bar, set_lr, validate)
 
 
 def reconstruction_weights(cfg, mask, joint: bool):
@@ -60,7 +59,7 @@ def train(experiment: Experiment, spec: RunSpec) -> dict:
                       flatten(section) if main else None)
     tracker.log_dict(section, "config.json")
     gan_from = int(cfg.gan_start * cfg.steps) if cfg.gan_weight > 0 else cfg.steps + 1
-    bar = tqdm(total=cfg.steps, initial=progress.step, desc="stage1", unit="step", disable=not main)
+    bar = progress_bar(accelerator, cfg.steps, progress.step, "stage1")
     started, started_step, metrics = time.time(), progress.step, {}
     try:
         while progress.step < cfg.steps:

@@ -10,9 +10,9 @@ import time
 
 import torch
 from accelerate.utils import set_seed
-from tqdm import tqdm
 
 from codebrain.data.dataset import SliceDataset, open_store
+from codebrain.data.nifti import InputError
 from codebrain.models.config import ModelConfig
 from codebrain.models.prior import CodePrior
 from codebrain.tracking import Tracker
@@ -20,8 +20,7 @@ from codebrain.training.cache_codes import load_stage1
 from codebrain.training.checkpoints import ResumeState, config_mismatch, save_checkpoint
 from codebrain.training.config import Experiment, config_hash, flatten
 from codebrain.training.loop import (GlobalBatches, Progress, RunSpec, batch_scenario, check_finite, cosine_lr,
-                                     epoch_loader, make_accelerator, make_optimizer, set_lr, validate)
-from codebrain.data.nifti import InputError
+                                     epoch_loader, make_accelerator, make_optimizer, progress_bar, set_lr, validate)
 
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
@@ -62,7 +61,7 @@ def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint, codes_dir) -
                       flatten(section) if main else None)
     tracker.log_dict(section, "config.json")
     n = len(model_cfg.contrasts)
-    bar = tqdm(total=cfg.steps, initial=progress.step, desc="stage2", unit="step", disable=not main)
+    bar = progress_bar(accelerator, cfg.steps, progress.step, "stage2")
     started, started_step, metrics = time.time(), progress.step, {}
     try:
         while progress.step < cfg.steps:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from codebrain.data import layouts
 from codebrain.data.phantom import FLAVOURS
+from codebrain.training.config import Experiment
 
 DATASET = config["dataset"]
 OUT = f"{config['results']}/{DATASET['name']}"
@@ -112,5 +113,44 @@ def get_download_marker():
     return str(Path(config["download"].get("dest", Path(OUT, "downloads")), ".complete"))
 
 
+EXPERIMENTS = config["experiments"]
+TRAINING_SOURCES = [f"{folder}/{p.name}" for folder in ("models", "training") for p in sorted((PACKAGE / folder).glob("*.py"))]
+TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "tracking.py"]
+PRIOR_KEYS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss")
+
+for _name, _section in EXPERIMENTS.items():  # fail at start-up, naming the key, not hours into a job
+    try:
+        Experiment.from_dict(_section, CONTRASTS)
+    except (TypeError, ValueError) as _err:
+        raise ValueError(f"config experiments.{_name}: {_err}") from None
+
+
+def get_experiment_json(name, stage):
+    """The part of an experiment a stage uses (Stage I ignores E_prior's keys and the stage2 section)."""
+    section = EXPERIMENTS[name]
+    model = dict(section.get("model") or {})
+    if stage == "stage1":
+        model = {k: v for k, v in model.items() if k not in PRIOR_KEYS}
+    return json.dumps({"protocol": section.get("protocol", "paper"), "model": model,
+                       stage: section.get(stage) or {}}, sort_keys=True)
+
+
+def get_launch_args(wildcards, resources):
+    """accelerate launch options: one process per GPU; on the CPU, training.cpu_processes (MULTI_CPU when > 1)."""
+    gpus = int(resources.gpu)
+    if gpus > 0:
+        multi = "--multi_gpu " if gpus > 1 else ""
+        return f"{multi}--num_processes {gpus} --num_machines 1 --mixed_precision bf16 --dynamo_backend no --main_process_port 0"
+    processes = config["training"]["cpu_processes"]
+    multi = "--multi_gpu" if processes > 1 else "--cpu"
+    return f"{multi} --num_processes {processes} --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port 0"
+
+
+def get_tracking_args(wildcards):
+    uri = config["tracking"]["uri"]
+    return f"--dataset {DATASET['name']} --results {config['results']}" + (f" --tracking-uri {uri}" if uri else "")
+
+
 def get_final_outputs():
-    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"]
+    models = expand(f"{OUT}/models/{{experiment}}/stage2.pt", experiment=sorted(EXPERIMENTS))
+    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"] + models

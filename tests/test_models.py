@@ -1,0 +1,183 @@
+"""Model invariants: FSQ, grading, PSNR loss, sizes, modality-agnostic forward."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from codebrain.evaluation.scenarios import all_scenarios
+from codebrain.models.config import ModelConfig
+from codebrain.models.fsq import FSQ
+from codebrain.models.grading import ClassTarget, GradingTarget, bits_to_level, level_to_bits
+from codebrain.models.losses import psnr_loss
+from codebrain.models.prior import CodePrior
+from codebrain.models.quantisers import Continuous, VectorQuantiser
+from codebrain.models.reconstructor import Reconstructor
+
+TINY = dict(width=4, enc_blocks=[1, 1], dec_blocks=[1, 1], middle_blocks=1, code_dim=3, prior_width=4,
+            prior_enc_blocks=[1, 1], prior_middle_blocks=1)
+
+
+@pytest.mark.parametrize("levels", [[5], [8], [2], [4], [8, 8, 8, 5, 5, 5], [3, 6]])
+def test_fsq_hits_exactly_l_levels_in_range(levels):
+    fsq = FSQ(levels)
+    z = torch.linspace(-20, 20, 4001).view(1, 1, -1, 1).repeat(1, len(levels), 1, 1)
+    latent, codes, loss = fsq(z)
+    for i, n in enumerate(levels):
+        assert sorted(codes[0, i].unique().tolist()) == list(range(n))  # every level, nothing outside [0, L)
+        assert latent[0, i].abs().max() <= 1.0 + 1e-6
+    assert loss.item() == 0.0
+
+
+def test_fsq_code_by_hand():
+    """Odd L: Z = (L-1)/2 (1+eps) tanh(z); even L: shifted by half a step. Levels counted from the bottom."""
+    fsq = FSQ([5, 8])
+    z = torch.tensor([0.5, 0.0]).view(1, 2, 1, 1)
+    _, codes, _ = fsq(z)
+    # L=5: 2.002 * tanh(0.5) = 0.925 -> round 1 -> level 1 + 2 = 3
+    # L=8: tanh(0 + atanh(0.5/3.5035)) * 3.5035 - 0.5 = 0 -> round 0 -> level 0 + 4 = 4
+    assert codes.flatten().tolist() == [3, 4]
+    assert fsq.levels_to_indices(codes).item() == 3 + 4 * 5
+
+
+def test_fsq_straight_through_gradient_is_the_bound_gradient():
+    fsq = FSQ([5, 8])
+    z = torch.randn(2, 2, 3, 3, requires_grad=True)
+    latent, _, _ = fsq(z)
+    latent.sum().backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    (fsq.bound(z2) / fsq.levels.view(1, -1, 1, 1).div(2, rounding_mode="floor")).sum().backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+    assert (z.grad != 0).all()
+
+
+@pytest.mark.parametrize("levels", [[5, 5, 5], [8, 8, 8, 5, 5, 5], [2, 3, 4]])
+def test_fsq_index_round_trip(levels):
+    fsq = FSQ(levels)
+    size = math.prod(levels)
+    indices = torch.arange(size).view(1, 1, size)
+    codes = fsq.indices_to_levels(indices)
+    assert torch.equal(fsq.levels_to_indices(codes), indices)
+    assert fsq.codebook_size == size
+    z = torch.randn(4, len(levels), 5, 5) * 3
+    latent, codes, _ = fsq(z)
+    assert torch.equal(fsq.indices_to_levels(fsq.levels_to_indices(codes)), codes)
+    torch.testing.assert_close(fsq.codes_to_latent(codes), latent)
+
+
+def test_fsq_stays_float32_under_bf16_autocast():
+    fsq = FSQ([8, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent, _, _ = fsq(torch.randn(1, 2, 4, 4).bfloat16())
+    assert latent.dtype == torch.float32
+
+
+@pytest.mark.parametrize("n_levels", [2, 3, 5, 8])
+def test_grading_round_trip_for_every_level(n_levels):
+    levels = torch.arange(n_levels).view(1, 1, n_levels)
+    bits = level_to_bits(levels, n_levels)  # 1 x (L-1) x 1 x L
+    assert bits.shape[1] == n_levels - 1
+    assert bits.sum(1).flatten().tolist() == list(range(n_levels))  # level y has y leading ones
+    assert torch.equal(bits_to_level(bits * 20 - 10), levels)
+
+
+@pytest.mark.parametrize("target_kind", [GradingTarget, ClassTarget])
+def test_code_target_predicts_codes_from_confident_logits(target_kind):
+    levels = [5, 8, 2]
+    target = target_kind(levels)
+    codes = torch.stack([torch.randint(0, n, (2, 4, 4)) for n in levels], 1).to(torch.uint8)
+    if target_kind is GradingTarget:
+        logits = torch.cat([level_to_bits(codes[:, i], n) for i, n in enumerate(levels)], 1) * 40 - 20
+    else:
+        logits = torch.cat([torch.nn.functional.one_hot(codes[:, i].long(), n).permute(0, 3, 1, 2).float() * 40
+                            for i, n in enumerate(levels)], 1)
+    assert logits.shape[1] == target.channels
+    assert torch.equal(target.predict(logits), codes)
+    assert target.loss(logits, codes).item() < 1e-6
+    assert target.loss(-logits, codes).item() > 1.0
+
+
+def test_grading_penalises_far_misses_more_than_near_ones():
+    target = GradingTarget([5])
+    truth = torch.full((1, 1, 1, 1), 2, dtype=torch.uint8)
+    near = level_to_bits(torch.full((1, 1, 1), 3), 5) * 20 - 10
+    far = level_to_bits(torch.full((1, 1, 1), 4), 5) * 20 - 10
+    assert target.loss(far, truth) > target.loss(near, truth)
+
+
+def test_psnr_loss_is_minus_psnr():
+    rng = np.random.default_rng(0)
+    target = rng.random((3, 1, 16, 16)).astype(np.float32)
+    prediction = np.clip(target + rng.normal(0, 0.05, target.shape), 0, 1).astype(np.float32)
+    expected = np.mean([peak_signal_noise_ratio(t[0], p[0], data_range=1.0) for t, p in zip(target, prediction)])
+    loss = psnr_loss(torch.from_numpy(prediction), torch.from_numpy(target))
+    assert loss.item() == pytest.approx(-expected, abs=1e-3)
+
+
+def test_psnr_loss_weights_per_channel():
+    target = torch.zeros(1, 2, 8, 8)
+    prediction = torch.stack([torch.full((8, 8), 0.1), torch.full((8, 8), 0.01)])[None]
+    per_channel = [10 * math.log10(0.1 ** 2), 10 * math.log10(0.01 ** 2)]
+    weighted = psnr_loss(prediction, target, torch.tensor([[5.0, 20.0]]))
+    assert weighted.item() == pytest.approx(5 * per_channel[0] + 20 * per_channel[1], rel=1e-4)
+
+
+def test_paper_config_has_the_papers_size():
+    from codebrain.models.complexity import complexity
+    import yaml
+
+    section = yaml.safe_load(open("config/models/paper.yaml"))["model"]
+    params, macs = complexity(ModelConfig.from_dict(section), 256)["total"]
+    assert params == pytest.approx(134.56e6, rel=0.02)
+    assert macs == pytest.approx(157.82e9, rel=0.02)
+
+
+@pytest.mark.parametrize("contrasts", [["T1", "T2", "PD"], ["T1", "T1Gd", "T2", "FLAIR"]])
+@pytest.mark.parametrize("variant", [{}, {"common_features": False}, {"quantiser": "vq", "codebook_size": 16},
+                                     {"quantiser": "continuous"}, {"prior_loss": "ce"},
+                                     {"joint_code": True, "decoder": "wide", "decoder_width": 16,
+                                      "decoder_blocks": 1, "levels": [8, 5, 5]}])
+def test_forward_for_every_scenario_and_anchor(contrasts, variant):
+    cfg = ModelConfig(contrasts=contrasts, **{**TINY, **variant})
+    stage1, prior = Reconstructor(cfg), CodePrior(cfg)
+    n = len(contrasts)
+    image = torch.rand(1, n, 16, 16)
+    for available in all_scenarios(n):
+        for anchor in np.flatnonzero(~available):
+            mask = torch.from_numpy(available)[None]
+            output, codes, _ = stage1(image, mask, torch.tensor([anchor]))
+            assert output.shape == (1, n if cfg.joint_code else 1, 16, 16)
+            assert torch.isfinite(output).all()
+            logits = prior(image * mask[:, :, None, None])
+            assert prior.predict(logits).shape[:2] == (1, cfg.n_code_maps)
+
+
+def test_no_module_per_contrast():
+    """A fourth contrast adds only one input channel to E_s's first 3x3 conv: no per-contrast module anywhere."""
+    def n_params(contrasts):
+        return sum(p.numel() for p in Reconstructor(ModelConfig(contrasts=contrasts, **TINY)).parameters())
+
+    assert n_params(["T1", "T2", "PD", "FLAIR"]) - n_params(["T1", "T2", "PD"]) == TINY["width"] * 3 * 3
+
+
+def test_posterior_is_shared_by_all_contrasts():
+    """A contrast's code does not depend on its channel position: the same image gives the same code anywhere."""
+    stage1 = Reconstructor(ModelConfig(**TINY)).eval()
+    scan = torch.rand(16, 16)
+    stack_a = torch.stack([scan, torch.rand(16, 16), torch.rand(16, 16)])[None]
+    stack_b = torch.stack([torch.rand(16, 16), torch.rand(16, 16), scan])[None]
+    with torch.no_grad():
+        assert torch.equal(stage1.encode(stack_a)[0, 0], stage1.encode(stack_b)[0, 2])
+
+
+def test_vq_and_continuous_codes_map_back_to_their_latents():
+    vq = VectorQuantiser(3, 8)
+    z = torch.randn(2, 3, 4, 4)
+    latent, codes, loss = vq(z)
+    assert codes.shape == (2, 1, 4, 4) and int(codes.max()) < 8 and loss.item() > 0
+    torch.testing.assert_close(vq.codes_to_latent(codes), latent)
+    continuous = Continuous(3)
+    latent, codes, _ = continuous(z)
+    torch.testing.assert_close(continuous.codes_to_latent(codes), latent)

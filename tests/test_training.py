@@ -1,0 +1,217 @@
+"""Two-stage training on a tiny synthetic slice store: data parallel = one process, kill and resume,
+NaN guard, code cache, Stage II, MLflow records, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from codebrain.data.nifti import InputError
+from codebrain.training.loop import GlobalBatches
+
+CONTRASTS = ["T1", "T2", "PD"]
+MODEL = {"width": 4, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks": 1, "code_dim": 3, "levels": 5,
+         "prior_width": 4, "prior_enc_blocks": [1, 1], "prior_middle_blocks": 1, "disc_width": 8, "disc_layers": 2}
+
+
+def make_store(folder: Path, n_train=16, n_val=4, size=16, seed=0, nan_slice=None) -> Path:
+    """Slices whose three contrasts are different intensity maps of one smooth anatomy."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_val)):
+        anatomy = np.stack([gaussian_filter(rng.random((size, size)), 2) for _ in range(count)])
+        anatomy = (anatomy - anatomy.min()) / (anatomy.max() - anatomy.min())
+        stack = np.stack([anatomy, 1 - anatomy, anatomy ** 2], 1).astype(np.float16)
+        if split == "train" and nan_slice is not None:
+            stack[nan_slice, 0, 0, 0] = np.nan
+        np.save(folder / f"{split}.npy", stack)
+        splits[split] = {"subjects": 1, "slices": count, "labels": False}
+    (folder / "store.json").write_text(json.dumps({"contrasts": CONTRASTS, "splits": splits, "size": size,
+                                                   "dtype": "float16"}))
+    return folder
+
+
+def cli(*args, processes=1, check=True, env=None):
+    """The codebrain CLI; processes > 1: under accelerate launch, data-parallel on the CPU (gloo)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command = [*(launch if processes > 1 else [sys.executable]), "-m", "codebrain.cli", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def stage1_args(store, out, config, tmp_path):
+    return ["train-stage1", "--store", store, "--out", out, "--contrasts", *CONTRASTS, "--config", json.dumps(config),
+            "--results", tmp_path, "--run-record", f"{out}.run.json", "--dataset", "synthetic"]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, atol):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst <= atol, f"largest weight difference {worst}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    """A tiny Stage I, its code cache and Stage II, through the CLI."""
+    tmp = tmp_path_factory.mktemp("trained")
+    config = {"model": MODEL, "stage1": {"steps": 12, "batch_size": 4, "validate_every": 6, "log_every": 3},
+              "stage2": {"steps": 8, "batch_size": 4, "validate_every": 8, "log_every": 2}}
+    cli(*stage1_args(store, tmp / "stage1.pt", config, tmp))
+    cli("cache-codes", "--store", store, "--stage1", tmp / "stage1.pt", "--out-dir", tmp / "codes", "--contrasts",
+        *CONTRASTS, "--results", tmp, "--dataset", "synthetic", "--run-record", tmp / "codes.run.json")
+    cli("train-stage2", "--store", store, "--stage1", tmp / "stage1.pt", "--codes", tmp / "codes", "--out",
+        tmp / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp,
+        "--dataset", "synthetic", "--run-record", tmp / "stage2.pt.run.json")
+    return tmp
+
+
+def test_global_batches_split_one_order_over_processes():
+    whole = GlobalBatches(20, 4, seed=3, rank=0, world=1).epoch(2)
+    halves = [GlobalBatches(20, 4, seed=3, rank=r, world=2).epoch(2) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == whole
+    assert GlobalBatches(20, 4, seed=3, rank=0, world=1).epoch(2, start=3) == whole[3:]
+    with pytest.raises(InputError, match="fewer than one batch"):
+        GlobalBatches(3, 4, 0, 0, 1)
+
+
+def test_two_processes_train_the_same_model_as_one(store, tmp_path):
+    """DDP over 2 CPU processes with batch 2 each = one process with batch 4 (adversarial loss on)."""
+    config = {"model": MODEL, "stage1": {"steps": 4, "batch_size": 4, "validate_every": 100, "log_every": 1,
+                                         "gan_weight": 1.0}}
+    cli(*stage1_args(store, tmp_path / "one.pt", config, tmp_path))
+    cli(*stage1_args(store, tmp_path / "two.pt", config, tmp_path), processes=2)
+    assert_same_weights(tmp_path / "one.pt", tmp_path / "two.pt", atol=1e-4)
+    # and the check can fail: another seed gives other weights
+    other = {**config, "stage1": {**config["stage1"], "seed": 1}}
+    cli(*stage1_args(store, tmp_path / "other.pt", other, tmp_path))
+    with pytest.raises(AssertionError):
+        assert_same_weights(tmp_path / "one.pt", tmp_path / "other.pt", atol=1e-4)
+
+
+def test_killed_run_resumes_where_it_stopped(store, tmp_path):
+    config = {"model": MODEL, "stage1": {"steps": 60, "batch_size": 4, "checkpoint_every": 5, "validate_every": 30,
+                                         "log_every": 5}}
+    cli(*stage1_args(store, tmp_path / "straight.pt", config, tmp_path))
+
+    out = tmp_path / "killed.pt"
+    launch = [sys.executable, "-m", "codebrain.cli", *map(str, stage1_args(store, out, config, tmp_path))]
+    process = subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    state = tmp_path / "killed.pt.state"
+    deadline = time.time() + 120
+    while not (state / "checkpoint-15").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    assert (state / "checkpoint-15").exists()
+
+    resumed = cli(*stage1_args(store, out, config, tmp_path))
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert_same_weights(tmp_path / "straight.pt", out, atol=1e-6)
+    assert torch.load(out, weights_only=True)["step"] == 60
+    assert not state.exists(), "resume state is removed once the final checkpoint is written"
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    store = make_store(tmp_path / "store", nan_slice=5)
+    batches = GlobalBatches(16, 4, seed=0, rank=0, world=1)
+    bad_step = next(e * 4 + b + 1 for e in range(10) for b, batch in enumerate(batches.epoch(e)) if 5 in batch)
+    config = {"model": MODEL, "stage1": {"steps": 40, "batch_size": 4, "checkpoint_every": 1, "validate_every": 100}}
+    result = cli(*stage1_args(store, tmp_path / "m.pt", config, tmp_path), check=False)
+    assert result.returncode == 3
+    assert f"error: non-finite loss at step {bad_step}:" in result.stderr
+    if bad_step > 1:
+        assert f"checkpoint-{bad_step - 1}" in result.stderr
+        assert (tmp_path / "m.pt.state" / f"checkpoint-{bad_step - 1}").exists()
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_code_cache_holds_stage1_codes_of_every_slice(trained, store):
+    from codebrain.training.cache_codes import load_stage1
+
+    codes = np.load(trained / "codes" / "train.npy")
+    slices = np.load(store / "train.npy")
+    assert codes.dtype == np.uint8 and codes.shape == (16, 3, 3, 4, 4)  # slices x contrasts x d x h x w
+    model, _ = load_stage1(trained / "stage1.pt")
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(slices.astype(np.float32))).numpy()
+    assert np.array_equal(codes, expected)
+    usage = json.loads((trained / "codes" / "codes.json").read_text())["splits"]["train"]
+    indices = (codes.astype(np.int64) * np.array([1, 5, 25]).reshape(1, 1, 3, 1, 1)).sum(2)
+    assert usage["codes_used"] == len(np.unique(indices))
+    assert [sum(h) for h in usage["level_histograms"]] == [codes[:, :, 0].size] * 3
+
+
+def test_stage2_checkpoint_is_self_contained_and_reports_both_stages(trained):
+    payload = torch.load(trained / "stage2.pt", weights_only=True)
+    assert payload["kind"] == "stage2" and payload["stage1"]["kind"] == "stage1"
+    metrics = payload["metrics"]
+    for key in ("val/psnr_stage2", "val/psnr_stage1", "val/psnr_zero", "val/code_accuracy_T1"):
+        assert np.isfinite(metrics[key]), key
+    assert 0 <= metrics["val/code_accuracy"] <= 1
+
+
+def test_runs_are_logged_to_mlflow(trained):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
+    record = json.loads((trained / "stage1.pt.run.json").read_text())
+    run = client.get_run(record["run_id"])
+    assert run.data.tags["rule"] == "train_stage1" and run.data.tags["dataset"] == "synthetic"
+    assert len(run.data.tags["config_hash"]) == 12 and run.data.tags["git_commit"]
+    assert run.data.params["model.width"] == "4" and run.data.params["stage1.steps"] == "12"
+    assert len(client.get_metric_history(run.info.run_id, "train/psnr")) == 4  # every 3 of 12 steps
+    assert "val/psnr_stage1" in run.data.metrics and "train/samples_per_s" in run.data.metrics
+    artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoint", "config.json"} <= artefacts
+    codes_run = client.get_run(json.loads((trained / "codes.run.json").read_text())["run_id"])
+    assert codes_run.data.metrics["train/codes_used"] >= 1
+    stage2 = client.get_run(json.loads((trained / "stage2.pt.run.json").read_text())["run_id"])
+    assert "val/code_accuracy" in stage2.data.metrics and "val/psnr_stage2" in stage2.data.metrics
+
+
+def test_refusals_name_the_mismatch(trained, store, tmp_path):
+    other_store = tmp_path / "other"
+    other_store.mkdir()
+    summary = json.loads((store / "store.json").read_text())
+    (other_store / "store.json").write_text(json.dumps({**summary, "contrasts": ["T1", "T2", "FLAIR"]}))
+    for split in ("train", "val"):
+        os.symlink(store / f"{split}.npy", other_store / f"{split}.npy")
+    result = cli("cache-codes", "--store", other_store, "--stage1", trained / "stage1.pt", "--out-dir", tmp_path / "c",
+                 "--contrasts", "T1", "T2", "FLAIR", "--results", tmp_path, check=False)
+    assert result.returncode == 2 and "contrasts" in result.stderr and "FLAIR" in result.stderr
+
+    config = {"model": {**MODEL, "code_dim": 4}}
+    result = cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes",
+                 "--out", tmp_path / "s2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config),
+                 "--results", tmp_path, check=False)
+    assert result.returncode == 2 and "code_dim: checkpoint has 3, expected 4" in result.stderr
+
+    result = cli("cache-codes", "--store", store, "--stage1", trained / "stage2.pt", "--out-dir", tmp_path / "c",
+                 "--contrasts", *CONTRASTS, "--results", tmp_path, check=False)
+    assert result.returncode == 2 and "'stage2' checkpoint, expected 'stage1'" in result.stderr
+
+    result = cli(*stage1_args(store, tmp_path / "x.pt", {"model": {"widht": 4}}, tmp_path), check=False)
+    assert result.returncode == 2 and "widht" in result.stderr
