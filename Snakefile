@@ -1,4 +1,4 @@
-# CodeBrain: raw multi-contrast MRI -> registered volumes -> slice store -> Stage I -> codes -> Stage II.
+# CodeBrain: raw multi-contrast MRI -> registered volumes -> slice store -> Stage I -> codes -> Stage II -> evaluation.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -13,6 +13,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

@@ -158,6 +158,25 @@ def cmd_cache_codes(args):
         print(f"train codes used: {train['codes_used']} of {train['codebook_size']}, perplexity {train['perplexity']:.1f}")
 
 
+def cmd_evaluate(args):
+    from codebrain.evaluation.evaluate import evaluate
+    from codebrain.tracking import Tracker, tracking_uri
+
+    out_dir = Path(args.out_dir)
+    means = evaluate(Path(args.model), Path(args.store), out_dir, args.split)
+    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, f"evaluate/{args.experiment}",
+                      {"rule": "evaluate_model", "dataset": args.dataset, "experiment": args.experiment,
+                       "split": args.split})
+    for _, row in means.iterrows():
+        group = {"O->O": "one_to_one", "M->O": "many_to_one"}.get(row.group, row.group.lower())
+        prefix = f"{args.split}/{group}/{row.method}".replace(" ", "_").replace("(", "").replace(")", "")
+        tracker.log_metrics({f"{prefix}/{k}": row[k] for k in ("psnr", "ssim", "mae", "psnr_brain")})
+    for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png"):
+        tracker.log_artifact(out_dir / name)
+    tracker.finish(args.run_record)
+    print(means[means.group == "ALL"].to_string(index=False))
+
+
 def cmd_model_size(args):
     from codebrain.models.complexity import complexity, format_table
 
@@ -254,6 +273,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1", required=True, help="Stage I checkpoint")
     p.add_argument("--codes", required=True, help="code cache folder (cache-codes)")
     p.set_defaults(func=cmd_train_stage2)
+
+    p = sub.add_parser("evaluate", help="every scenario on a split: metrics/scenarios.csv, summary.csv, tables, figures")
+    add_run_arguments(p, training=False)
+    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
     p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])

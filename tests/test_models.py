@@ -181,3 +181,22 @@ def test_vq_and_continuous_codes_map_back_to_their_latents():
     continuous = Continuous(3)
     latent, codes, _ = continuous(z)
     torch.testing.assert_close(continuous.codes_to_latent(codes), latent)
+
+
+def test_metrics_match_scikit_image():
+    from skimage.metrics import mean_squared_error, structural_similarity
+
+    from codebrain.evaluation.metrics import slice_metrics
+
+    rng = np.random.default_rng(1)
+    target = rng.random((3, 24, 20)).astype(np.float32)
+    prediction = (target + rng.normal(0, 0.1, target.shape)).astype(np.float32)  # some values outside [0, 1]
+    clamped = np.clip(prediction, 0, 1)
+    ours = slice_metrics(torch.from_numpy(prediction), torch.from_numpy(target))
+    for i in range(3):
+        assert ours["psnr"][i].item() == pytest.approx(
+            peak_signal_noise_ratio(target[i], clamped[i], data_range=1.0), abs=1e-3)
+        assert ours["ssim"][i].item() == pytest.approx(
+            100 * structural_similarity(target[i], clamped[i], data_range=1.0), abs=1e-3)
+        assert ours["mae"][i].item() == pytest.approx(1000 * np.abs(clamped[i] - target[i]).mean(), abs=1e-3)
+        assert mean_squared_error(target[i], clamped[i]) > 0

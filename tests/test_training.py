@@ -215,3 +215,61 @@ def test_refusals_name_the_mismatch(trained, store, tmp_path):
 
     result = cli(*stage1_args(store, tmp_path / "x.pt", {"model": {"widht": 4}}, tmp_path), check=False)
     assert result.returncode == 2 and "widht" in result.stderr
+
+
+@pytest.mark.parametrize("variant", [
+    {"protocol": "release", "model": {"decoder_width": 16, "decoder_blocks": 1, "common_width": 4, "prior_width": 4,
+                                      "levels": [8, 8, 8, 5, 5, 5]}},
+    {"model": {"quantiser": "vq", "codebook_size": 300}},
+    {"model": {"quantiser": "continuous", "common_features": False}},
+])
+def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, variant):
+    config = {"protocol": variant.get("protocol", "paper"), "model": {**MODEL, **variant["model"]},
+              "stage1": {"steps": 3, "batch_size": 4, "validate_every": 3, "gan_start": 0.3},
+              "stage2": {"steps": 2, "batch_size": 4, "validate_every": 2}}
+    cli(*stage1_args(store, tmp_path / "stage1.pt", config, tmp_path))
+    cli("cache-codes", "--store", store, "--stage1", tmp_path / "stage1.pt", "--out-dir", tmp_path / "codes",
+        "--contrasts", *CONTRASTS, "--results", tmp_path)
+    cli("train-stage2", "--store", store, "--stage1", tmp_path / "stage1.pt", "--codes", tmp_path / "codes", "--out",
+        tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path)
+    codes = np.load(tmp_path / "codes" / "train.npy")
+    expected = {"release": (np.uint8, (16, 1, 6, 4, 4)), "vq": (np.uint16, (16, 3, 1, 4, 4)),
+                "continuous": (np.float16, (16, 3, 3, 4, 4))}
+    kind = variant.get("protocol") or variant["model"]["quantiser"]
+    assert (codes.dtype, codes.shape) == expected[kind]
+    metrics = torch.load(tmp_path / "stage2.pt", weights_only=True)["metrics"]
+    assert np.isfinite(metrics["val/psnr_stage2"])
+
+
+def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_path):
+    cli("evaluate", "--model", trained / "stage2.pt", "--store", store, "--split", "test", "--out-dir", tmp_path,
+        "--contrasts", *CONTRASTS, "--results", trained, "--dataset", "synthetic")
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "scenarios.csv", dtype={"scenario": str})
+    assert {"scenario", "target", "n_inputs", "method", "psnr", "ssim", "mae", "psnr_brain"} <= set(table.columns)
+    for method, rows in table.groupby("method"):
+        assert len(rows) == 9, method  # 6 scenarios; 3 one-input x 2 targets + 3 two-input x 1 target
+        assert set(zip(rows.scenario, rows.target)) == {(s, t) for s in ("100", "010", "001", "110", "101", "011")
+                                                       for i, t in enumerate(CONTRASTS) if s[i] == "0"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    all_pairs = summary[summary.group == "ALL"].set_index("method")
+    assert (all_pairs.pairs == 9).all() and (summary[summary.group == "O->O"].pairs == 6).all()
+    one_method = table[table.method == "CodeBrain"]
+    assert all_pairs.loc["CodeBrain", "psnr"] == pytest.approx(one_method.psnr.mean(), abs=1e-3)
+    assert "| 010 | T1 |" in (tmp_path / "tables.md").read_text()
+    assert (tmp_path / "exemplars.png").stat().st_size > 1000
+
+
+def test_four_contrasts_give_fourteen_scenarios_and_twenty_eight_pairs():
+    from codebrain.evaluation.scenarios import evaluate_scenarios
+    from codebrain.models.config import ModelConfig
+    from codebrain.models.prior import CodePrior
+    from codebrain.models.reconstructor import Reconstructor
+
+    contrasts = ["T1", "T1Gd", "T2", "FLAIR"]
+    cfg = ModelConfig(contrasts=contrasts, **{k: v for k, v in MODEL.items() if not k.startswith("disc")})
+    slices = np.random.default_rng(0).random((3, 4, 16, 16)).astype(np.float16)
+    table = evaluate_scenarios(Reconstructor(cfg), slices, contrasts, "cpu", prior=CodePrior(cfg))
+    assert table.scenario.nunique() == 14
+    assert len(table[table.method == "stage2"]) == 28  # sum over k=1..3 of C(4,k) * (4-k)

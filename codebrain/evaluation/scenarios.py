@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from codebrain.evaluation.metrics import slice_metrics
+
 
 def all_scenarios(n_contrasts: int) -> list[np.ndarray]:
     """Every non-empty proper subset of available contrasts (2^N - 2), fewest inputs first."""
@@ -27,16 +29,17 @@ def scenario_name(available) -> str:
     return "".join("1" if a else "0" for a in available)
 
 
-def psnr_per_slice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """B x S x S (or B x 1 x S x S) -> B, after clamping the prediction to [0, 1]."""
-    mse = (prediction.float().clamp(0, 1) - target.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+def brain_masks(image: np.ndarray) -> np.ndarray:
+    """B x N x S x S -> B x S x S: each slice's brain, from all its true contrasts (slices.brain_mask)."""
+    from codebrain.data.slices import brain_mask
+
+    return np.stack([brain_mask(list(stack)) for stack in image])
 
 
 @torch.no_grad()
 def evaluate_scenarios(stage1, slices, contrasts: list[str], device, batch_size: int = 64, prior=None,
-                       max_slices: int | None = None) -> pd.DataFrame:
-    """Rows (scenario, target, n_inputs, method, psnr, code_accuracy), means over slices.
+                       max_slices: int | None = None, brain: bool = False) -> pd.DataFrame:
+    """Rows (scenario, target, n_inputs, method, psnr, ssim, mae[, *_brain], code_accuracy): means over slices.
 
     methods: stage1 = D_a from the target's true code (reconstruction), stage2 = from E_prior's
     predicted code (imputation, when a prior is given), zero = the missing contrast left at 0.
@@ -49,7 +52,9 @@ def evaluate_scenarios(stage1, slices, contrasts: list[str], device, batch_size:
     counts = defaultdict(int)
     n = len(slices) if max_slices is None else min(len(slices), max_slices)
     for start in range(0, n, batch_size):
-        image = torch.from_numpy(np.array(slices[start: min(n, start + batch_size)])).to(device).float()
+        block = np.array(slices[start: min(n, start + batch_size)], dtype=np.float32)
+        image = torch.from_numpy(block).to(device)
+        masks = torch.from_numpy(brain_masks(block)).to(device) if brain else None
         true_codes = stage1.encode(image)  # B x n_code_maps x d' x h x w
         for available in all_scenarios(len(contrasts)):
             mask = torch.from_numpy(available).to(device)
@@ -70,13 +75,16 @@ def evaluate_scenarios(stage1, slices, contrasts: list[str], device, batch_size:
                         hits = (predicted[:, code_map] == true_codes[:, code_map]).float().flatten(1).mean(1)
                         sums[key + ("stage2", "code_accuracy")] += hits.sum().item()
                 for method, output in outputs.items():
-                    sums[key + (method, "psnr")] += psnr_per_slice(output, target).sum().item()
+                    values = slice_metrics(output, target)
+                    if brain:
+                        values.update({f"{k}_brain": v for k, v in slice_metrics(output, target, masks).items()})
+                    for metric, per_slice in values.items():
+                        sums[key + (method, metric)] += per_slice.sum().item()
                     counts[key + (method,)] += len(target)
     rows = []
     for key, count in counts.items():
         row = dict(zip(("scenario", "target", "n_inputs", "method"), key))
-        row["psnr"] = sums[key + ("psnr",)] / count
-        row["code_accuracy"] = sums[key + ("code_accuracy",)] / count if key + ("code_accuracy",) in sums else np.nan
+        row.update({metric: total / count for (*k, metric), total in sums.items() if tuple(k) == key})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -88,7 +96,7 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
     for method, rows in table.groupby("method"):
         summary[f"psnr_{method}"] = rows.psnr.mean()
         summary[f"psnr_{method}_one_missing"] = rows[rows.n_inputs == n_contrasts - 1].psnr.mean()
-        if rows.code_accuracy.notna().any():
+        if "code_accuracy" in rows and rows.code_accuracy.notna().any():
             summary["code_accuracy"] = rows.code_accuracy.mean()
             for target, per_target in rows.groupby("target"):
                 summary[f"code_accuracy_{target}"] = per_target.code_accuracy.mean()

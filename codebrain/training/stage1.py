@@ -112,7 +112,7 @@ def train(experiment: Experiment, spec: RunSpec) -> dict:
                                    "train/samples_per_s": samples_per_s})
                     tracker.log_metrics(logged, progress.step)
                     bar.set_postfix(psnr=f"{logged['train/psnr']:.2f}", lr=f"{logged['train/lr']:.1e}",
-                                    samples_s=f"{samples_per_s:.0f}")
+                                    samples_s=f"{samples_per_s:.0f}", refresh=False)
                 bar.update(1)
                 if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
                     state.save(accelerator, progress.step)

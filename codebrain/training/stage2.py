@@ -89,7 +89,7 @@ def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint, codes_dir) -
                     logged = {"train/code_loss": accelerator.reduce(losses["code"].detach(), "mean").item(),
                               "train/lr": optimizer.param_groups[0]["lr"], "train/samples_per_s": samples_per_s}
                     tracker.log_metrics(logged, progress.step)
-                    bar.set_postfix(loss=f"{logged['train/code_loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
+                    bar.set_postfix(loss=f"{logged['train/code_loss']:.3f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
                 bar.update(1)
                 if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
                     state.save(accelerator, progress.step)

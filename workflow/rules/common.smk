@@ -152,5 +152,5 @@ def get_tracking_args(wildcards):
 
 
 def get_final_outputs():
-    models = expand(f"{OUT}/models/{{experiment}}/stage2.pt", experiment=sorted(EXPERIMENTS))
-    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"] + models
+    metrics = expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS))
+    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"] + metrics

@@ -1,0 +1,126 @@
+"""The paper's evaluation of a trained model on the test split: per-scenario table, group means, figures.
+
+Outputs (DESIGN.md protocol): scenarios.csv, one row per (scenario, target, method) with PSNR,
+SSIM x 100 and MAE x 1000 as means over slices, whole slice and inside the brain;
+summary.csv, unweighted means over pairs for One-to-One (one input), Many-to-One (more than one)
+and ALL; tables.md laid out like the paper's Tables 1 and 2; exemplars.png, one test slice per
+scenario with its error map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from codebrain.data.dataset import open_store
+from codebrain.data.nifti import write_atomic
+from codebrain.evaluation.scenarios import all_scenarios, evaluate_scenarios, scenario_name
+from codebrain.models.config import ModelConfig
+from codebrain.models.prior import CodePrior
+from codebrain.models.reconstructor import Reconstructor
+from codebrain.training.checkpoints import load_checkpoint
+
+METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "zero": "zero imputation"}
+METRICS = ["psnr", "ssim", "mae"]
+
+
+def load_codebrain(checkpoint: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior]:
+    """Stage I and E_prior from a Stage II checkpoint (which embeds its Stage I)."""
+    payload = load_checkpoint(checkpoint, "stage2", {"contrasts": list(contrasts)} if contrasts else None)
+    stage1 = Reconstructor(ModelConfig.from_dict(payload["stage1"]["model_config"]))
+    stage1.load_state_dict(payload["stage1"]["model"])
+    prior = CodePrior(ModelConfig.from_dict(payload["model_config"]))
+    prior.load_state_dict(payload["model"])
+    return stage1.eval(), prior.eval()
+
+
+def group_means(table: pd.DataFrame) -> pd.DataFrame:
+    """O->O, M->O and ALL: unweighted means over (scenario, target) pairs, per method."""
+    columns = [c for c in table.columns if c.split("_")[0] in METRICS]
+    groups = {"O->O": table[table.n_inputs == 1], "M->O": table[table.n_inputs > 1], "ALL": table}
+    rows = []
+    for group, rows_in_group in groups.items():
+        for method, per_method in rows_in_group.groupby("method", sort=False):
+            rows.append({"group": group, "method": method, "pairs": len(per_method),
+                         **per_method[columns].mean().to_dict()})
+    return pd.DataFrame(rows)
+
+
+def markdown_tables(table: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Table 1 (every scenario and target, PSNR / SSIM / MAE per method) and Table 2 (group means)."""
+    methods = list(dict.fromkeys(table.method))
+    header = "| available | target | " + " | ".join(f"{m} PSNR / SSIM / MAE" for m in methods) + " |"
+    lines = ["## Per scenario (test split; available contrasts as bits in contrast order)", "", header,
+             "|" + " --- |" * (2 + len(methods))]
+    for (scenario, target), rows in table.groupby(["scenario", "target"], sort=False):
+        by_method = rows.set_index("method")
+        cells = [" / ".join(f"{by_method.loc[m, k]:.2f}" for k in METRICS) for m in methods]
+        lines.append(f"| {scenario} | {target} | " + " | ".join(cells) + " |")
+    lines += ["", "## Means over (scenario, target) pairs", "",
+              "| group | method | pairs | PSNR | SSIM | MAE | PSNR (brain) | SSIM (brain) | MAE (brain) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for _, row in summary.iterrows():
+        values = " | ".join(f"{row.get(k, np.nan):.2f}" for k in METRICS + [f"{m}_brain" for m in METRICS])
+        lines.append(f"| {row.group} | {row.method} | {row.pairs} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) -> None:
+    """One slice: for each scenario and missing target, truth, imputation and absolute error (Fig. 3/4 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
+    panels = []
+    for available in all_scenarios(len(contrasts)):
+        mask = torch.from_numpy(available)
+        masked = image * mask[None, :, None, None]
+        common = stage1.common_features(masked)
+        predicted = prior.predict(prior(masked))
+        for t in np.flatnonzero(~available):
+            code_map, channel = (0, int(t)) if stage1.cfg.joint_code else (int(t), 0)
+            output = stage1.decoder(stage1.quantiser.codes_to_latent(predicted[:, code_map]), common)[0, channel]
+            panels.append((scenario_name(available), contrasts[t], image[0, t].numpy(), output.clamp(0, 1).numpy()))
+    fig, axes = plt.subplots(3, len(panels), figsize=(1.5 * len(panels), 4.8), squeeze=False)
+    for column, (scenario, target, truth, output) in enumerate(panels):
+        for row, (picture, cmap, vmax) in enumerate([(truth, "gray", 1), (output, "gray", 1),
+                                                      (np.abs(output - truth), "magma", 0.3)]):
+            axes[row, column].imshow(np.rot90(picture), cmap=cmap, vmin=0, vmax=vmax)
+            axes[row, column].axis("off")
+        axes[0, column].set_title(f"{scenario} -> {target}", fontsize=7)
+    for row, label in enumerate(["truth", "CodeBrain", "|error| (0-0.3)"]):
+        axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
+                          ha="right", fontsize=7)
+    fig.tight_layout()
+    with write_atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", batch_size: int = 32) -> pd.DataFrame:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _, summary = open_store(store, split)
+    stage1, prior = load_codebrain(checkpoint, summary["contrasts"])
+    slices, _ = open_store(store, split, summary["contrasts"])
+    table = evaluate_scenarios(stage1.to(device), slices, summary["contrasts"], device, batch_size, prior=prior.to(device),
+                               brain=True)
+    table["method"] = table.method.map(METHOD_NAMES)
+    table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")
+    columns = ["scenario", "target", "n_inputs", "method"] + [c for c in table.columns if c.split("_")[0] in METRICS]
+    table = table[columns + (["code_accuracy"] if "code_accuracy" in table else [])]
+    means = group_means(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with write_atomic(out_dir / "scenarios.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with write_atomic(out_dir / "summary.csv") as tmp:
+        means.to_csv(tmp, index=False, float_format="%.4f")
+    with write_atomic(out_dir / "tables.md") as tmp:
+        tmp.write_text(markdown_tables(table, means))
+    exemplar_figure(stage1.cpu(), prior.cpu(), slices, summary["contrasts"], out_dir / "exemplars.png", len(slices) // 2)
+    return means

@@ -1,0 +1,32 @@
+# Trained model -> every missing-contrast scenario on the test split -> tables and figures.
+
+
+rule evaluate_model:
+    input:
+        store=f"{OUT}/slices/store.json",
+        model=f"{OUT}/models/{{experiment}}/stage2.pt",
+    output:
+        scenarios=f"{OUT}/metrics/{{experiment}}/scenarios.csv",
+        summary=f"{OUT}/metrics/{{experiment}}/summary.csv",
+        tables=f"{OUT}/metrics/{{experiment}}/tables.md",
+        exemplars=f"{OUT}/metrics/{{experiment}}/exemplars.png",
+        record=f"{OUT}/metrics/{{experiment}}/evaluate.run.json",
+    params:
+        store=lambda wildcards, input: Path(input.store).parent,
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
+        contrasts=" ".join(CONTRASTS),
+        tracking=get_tracking_args,
+        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py"),
+    log:
+        f"{OUT}/logs/evaluate_model/{{experiment}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate_model/{{experiment}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain evaluate --model {input.model} --store {params.store} --split test --out-dir {params.out_dir}"
+        " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
+        " --run-record {output.record} > {log} 2>&1"
