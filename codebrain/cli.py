@@ -177,6 +177,20 @@ def cmd_evaluate(args):
     print(means[means.group == "ALL"].to_string(index=False))
 
 
+def cmd_impute_split(args):
+    import torch
+
+    from codebrain.evaluation.evaluate import load_codebrain
+    from codebrain.evaluation.impute import impute_subjects
+
+    stage1, prior = load_codebrain(Path(args.model), args.contrasts)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
+    table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references, Path(args.out_dir),
+                            args.split)
+    print(f"{len(table)} volumes for {table.subject.nunique()} subjects in {args.out_dir}")
+
+
 def cmd_model_size(args):
     from codebrain.models.complexity import complexity, format_table
 
@@ -280,6 +294,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("impute-split", help="every scenario for every subject of a split, as NIfTI volumes")
+    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--store", required=True)
+    p.add_argument("--contrasts", nargs="+", required=True)
+    p.add_argument("--references", required=True, help='JSON {subject: reference volume} (the grid to write on)')
+    p.add_argument("--split", default="test")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_impute_split)
 
     p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
     p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])

@@ -57,8 +57,9 @@ def test_outputs_and_nothing_left_to_do(workdir):
 
 
 TRAINING = {"train_stage1": 1, "cache_codes": 1, "train_stage2": 1}
+EVALUATION = {"evaluate_model": 1, "impute_test_subjects": 1}
 ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1, **TRAINING,
-                     "all": 1}
+                     **EVALUATION, "all": 1}
 
 
 def test_changed_raw_file_reruns_only_that_subject(workdir):
@@ -105,8 +106,8 @@ def changed_config(tmp_path, edit) -> Path:
 
 
 @pytest.mark.parametrize("stage,rerun", [
-    ("stage2", {"train_stage2": 1, "all": 1}),
-    ("stage1", {**TRAINING, "all": 1}),
+    ("stage2", {"train_stage2": 1, **EVALUATION, "all": 1}),
+    ("stage1", {**TRAINING, **EVALUATION, "all": 1}),
 ])
 def test_changed_training_parameter_reruns_that_stage_and_after(workdir, tmp_path, stage, rerun):
     path, _ = workdir
@@ -145,3 +146,44 @@ def test_lint_is_clean():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_imputed_volumes_sit_on_the_reference_grid(workdir):
+    import pandas as pd
+
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    imputed = pd.read_csv(out / "imputed" / "codebrain" / "imputed.tsv", sep="\t", dtype={"scenario": str})
+    test_subjects = pd.read_csv(out / "slices" / "test.tsv", sep="\t").subject.unique()
+    assert len(imputed) == 9 * len(test_subjects)  # 6 scenarios, 9 (scenario, target) pairs per subject
+    for row in imputed.itertuples():
+        volume, reference = nib.load(path / row.path), nib.load(out / "registered" / row.subject / "T2.nii.gz")
+        assert volume.shape == reference.shape and np.allclose(volume.affine, reference.affine)
+        assert row.scenario[["T1", "T2", "PD"].index(row.target)] == "0"
+    metrics = pd.read_csv(out / "metrics" / "codebrain" / "summary.csv")
+    assert set(metrics.group) == {"O->O", "M->O", "ALL"}
+
+
+def test_restacked_store_slices_give_back_the_registered_volume(workdir):
+    """Slices -> volume is the inverse of volume -> slices: the test subject's own T1 slices, restacked,
+    equal the registered T1 inside the sliced window (up to float16 rounding)."""
+    import pandas as pd
+
+    from codebrain.evaluation.volumes import restack
+
+    path, _ = workdir
+    store = path / "results" / "tiny" / "slices"
+    rows = pd.read_csv(store / "test.tsv", sep="\t")
+    subject = rows.subject.iloc[0]
+    mine = rows[rows.subject == subject]
+    geometry = pd.read_csv(store / "geometry.tsv", sep="\t").set_index("subject").loc[subject]
+    low, high = pd.read_csv(store / "normalisation.tsv", sep="\t").set_index(["subject", "contrast"]).loc[
+        (subject, "T1"), ["low", "high"]]
+    slices = np.load(store / "test.npy")[mine["index"].to_numpy(), 0]  # T1
+    reference = nib.load(path / "results" / "tiny" / "registered" / subject / "T1.nii.gz")
+    volume = restack(slices, mine.z.to_numpy(), (geometry.x0, geometry.y0), low, high, reference)
+    back, original = volume.get_fdata(), reference.get_fdata()
+    inside = back != 0
+    assert inside.sum() > 0.5 * len(mine) * 40 * 40 * 0.3  # a real part of the window holds brain/head
+    assert np.abs(back[inside] - original[inside]).max() <= 1e-3 * (high - low) + 1e-6
+    assert np.allclose(volume.affine, reference.affine)

@@ -17,6 +17,7 @@ import torch
 
 from codebrain.data.dataset import open_store
 from codebrain.data.nifti import write_atomic
+from codebrain.evaluation.impute import impute
 from codebrain.evaluation.scenarios import all_scenarios, evaluate_scenarios, scenario_name
 from codebrain.models.config import ModelConfig
 from codebrain.models.prior import CodePrior
@@ -79,14 +80,9 @@ def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
     image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
     panels = []
     for available in all_scenarios(len(contrasts)):
-        mask = torch.from_numpy(available)
-        masked = image * mask[None, :, None, None]
-        common = stage1.common_features(masked)
-        predicted = prior.predict(prior(masked))
-        for t in np.flatnonzero(~available):
-            code_map, channel = (0, int(t)) if stage1.cfg.joint_code else (int(t), 0)
-            output = stage1.decoder(stage1.quantiser.codes_to_latent(predicted[:, code_map]), common)[0, channel]
-            panels.append((scenario_name(available), contrasts[t], image[0, t].numpy(), output.clamp(0, 1).numpy()))
+        imputed = impute(stage1, prior, image, available)
+        panels += [(scenario_name(available), contrasts[t], image[0, t].numpy(), imputed[0, t].numpy())
+                   for t in np.flatnonzero(~available)]
     fig, axes = plt.subplots(3, len(panels), figsize=(1.5 * len(panels), 4.8), squeeze=False)
     for column, (scenario, target, truth, output) in enumerate(panels):
         for row, (picture, cmap, vmax) in enumerate([(truth, "gray", 1), (output, "gray", 1),

@@ -76,15 +76,19 @@ def cli_inputs(files):
     return " ".join(f"--input {kind}={path}" for kind, path in files.items())
 
 
-def get_slice_inputs(wildcards):
+def slice_input_files(subject):
     """Registered volumes (or the raw ones where the data come co-registered), plus labels."""
     if REGISTER:
-        files = {c: f"{OUT}/registered/{wildcards.subject}/{c}.nii.gz" for c in CONTRASTS}
+        files = {c: f"{OUT}/registered/{subject}/{c}.nii.gz" for c in CONTRASTS}
     else:
-        files = {c: raw_subjects()[wildcards.subject][c] for c in CONTRASTS}
+        files = {c: raw_subjects()[subject][c] for c in CONTRASTS}
     if DATASET["labels"]:
-        files["seg"] = raw_subjects()[wildcards.subject]["seg"]
+        files["seg"] = raw_subjects()[subject]["seg"]
     return files
+
+
+def get_slice_inputs(wildcards):
+    return slice_input_files(wildcards.subject)
 
 
 @cache
@@ -151,6 +155,12 @@ def get_tracking_args(wildcards):
     return f"--dataset {DATASET['name']} --results {config['results']}" + (f" --tracking-uri {uri}" if uri else "")
 
 
+def get_reference_volumes():
+    """{subject: the volume whose grid imputations are written on}: the registered (or raw) reference."""
+    return {s: slice_input_files(s)[REFERENCE] for s in get_store_subjects()}
+
+
 def get_final_outputs():
     metrics = expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS))
-    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"] + metrics
+    imputed = expand(f"{OUT}/imputed/{{experiment}}", experiment=sorted(EXPERIMENTS))
+    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"] + metrics + imputed

@@ -30,3 +30,29 @@ rule evaluate_model:
         "codebrain evaluate --model {input.model} --store {params.store} --split test --out-dir {params.out_dir}"
         " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
         " --run-record {output.record} > {log} 2>&1"
+
+
+rule impute_test_subjects:
+    input:
+        store=f"{OUT}/slices/store.json",
+        model=f"{OUT}/models/{{experiment}}/stage2.pt",
+        references=lambda wildcards: get_reference_volumes().values(),
+    output:
+        directory(f"{OUT}/imputed/{{experiment}}"),
+    params:
+        store=lambda wildcards, input: Path(input.store).parent,
+        references=lambda wildcards: json.dumps(get_reference_volumes()),
+        contrasts=" ".join(CONTRASTS),
+        code=source_hash("evaluation/impute.py", "evaluation/volumes.py"),
+    log:
+        f"{OUT}/logs/impute_test_subjects/{{experiment}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/impute_test_subjects/{{experiment}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
+        " --references '{params.references}' --split test --out-dir {output} > {log} 2>&1"
