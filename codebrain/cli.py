@@ -62,13 +62,14 @@ def cmd_extract_slices(args):
 
 
 def cmd_build_store(args):
-    from codebrain.data.slices import assign_splits, build_store
+    from codebrain.data.slices import assign_splits, build_store, slice_config
 
     subject_files = {Path(f).name.removesuffix(".npz"): Path(f) for f in args.subject_slices}
     split_table = pd.read_csv(args.split_table, sep="\t") if args.split_table else None
     fractions = dict(zip(("train", "val", "test"), args.fractions))
     assignment = assign_splits(sorted(subject_files), fractions, args.seed, split_table)
-    summary = build_store(subject_files, assignment, args.contrasts, Path(args.out_dir))
+    summary = build_store(subject_files, assignment, args.contrasts, Path(args.out_dir),
+                          slice_config(json.loads(args.config)))
     print(json.dumps(summary))
 
 
@@ -183,12 +184,38 @@ def cmd_impute_split(args):
     from codebrain.evaluation.evaluate import load_codebrain
     from codebrain.evaluation.impute import impute_subjects
 
-    stage1, prior = load_codebrain(Path(args.model), args.contrasts)
+    stage1, prior, _ = load_codebrain(Path(args.model), args.contrasts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
     table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references, Path(args.out_dir),
                             args.split)
     print(f"{len(table)} volumes for {table.subject.nunique()} subjects in {args.out_dir}")
+
+
+def cmd_impute(args):
+    import tempfile
+
+    import torch
+
+    from codebrain.evaluation.evaluate import load_codebrain
+    from codebrain.evaluation.impute import impute_scans
+
+    stage1, prior, data = load_codebrain(args.model)
+    if "size" not in data:
+        raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="codebrain-register-") as work_dir:
+        report = impute_scans(stage1.to(device), prior.to(device), data,
+                              contrast_files(args.input), args.target, Path(args.out), args.register, args.outside,
+                              Path(work_dir))
+    first, last = report["trained_range"]
+    print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
+    if report["outside"] == "impute":
+        print(f"note: {report['outside_trained_range']} of these brain slices lie outside the {last - first + 1} "
+              f"middle slices the model was trained on ({first}-{last}); their imputation is less certain")
+    else:
+        print(f"note: only slices {first}-{last} (the trained range) were imputed; "
+              f"{report['outside_trained_range']} other brain slices are left at 0")
 
 
 def cmd_model_size(args):
@@ -254,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--subject-slices", nargs="+", required=True)
     p.add_argument("--contrasts", nargs="+", required=True)
     p.add_argument("--split-table", help="TSV with subject and split columns (the authors' splits)")
+    p.add_argument("--config", default="{}", help="the config's slices section as JSON (recorded in store.json)")
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True)
@@ -303,6 +331,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_impute_split)
+
+    p = sub.add_parser("impute", help="impute a missing contrast for your own subject")
+    p.add_argument("--model", required=True, help="Stage II checkpoint (results/<name>/models/<experiment>/stage2.pt)")
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=PATH")
+    p.add_argument("--target", required=True, help="the contrast to impute")
+    p.add_argument("--out", required=True, help="output NIfTI, on the first input's grid")
+    p.add_argument("--register", action="store_true", help="rigidly register the inputs to the first one (ANTs)")
+    p.add_argument("--outside", choices=["impute", "skip"], default="impute",
+                   help="brain slices outside the trained middle range: impute them too, or leave them at 0")
+    p.set_defaults(func=cmd_impute)
 
     p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
     p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])

@@ -187,3 +187,54 @@ def test_restacked_store_slices_give_back_the_registered_volume(workdir):
     assert inside.sum() > 0.5 * len(mine) * 40 * 40 * 0.3  # a real part of the window holds brain/head
     assert np.abs(back[inside] - original[inside]).max() <= 1e-3 * (high - low) + 1e-6
     assert np.allclose(volume.affine, reference.affine)
+
+
+def codebrain_cli(*args):
+    return subprocess.run([sys.executable, "-m", "codebrain.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_impute_a_users_own_scans(workdir, tmp_path):
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    model = out / "models" / "codebrain" / "stage2.pt"
+    raw = {c: out / "raw" / f"IXI-{c}" / f"IXI001-Phantom-0001-{c}.nii.gz" for c in ("T1", "T2", "PD")}
+
+    result = codebrain_cli("impute", "--model", model, "--input", f"T2={raw['T2']}", "--input", f"PD={raw['PD']}",
+                           "--target", "T1", "--out", tmp_path / "t1.nii.gz")
+    assert result.returncode == 0, result.stderr
+    assert "outside the 4 middle slices the model was trained on" in result.stdout
+    imputed, reference = nib.load(tmp_path / "t1.nii.gz"), nib.load(raw["T2"])
+    assert imputed.shape == reference.shape and np.allclose(imputed.affine, reference.affine)
+    data = imputed.get_fdata()
+    assert 0 <= data.min() and data.max() <= 1 and data.max() > 0.2
+
+    result = codebrain_cli("impute", "--model", model, "--input", f"T2={raw['T2']}", "--input", f"PD={raw['PD']}",
+                           "--target", "T1", "--out", tmp_path / "skip.nii.gz", "--outside", "skip")
+    assert "only slices" in result.stdout
+    assert (nib.load(tmp_path / "skip.nii.gz").get_fdata() > 0).any(axis=(0, 1)).sum() < (data > 0).any(axis=(0, 1)).sum()
+
+    result = codebrain_cli("impute", "--model", model, "--input", f"T1={raw['T1']}", "--input", f"T2={raw['T2']}",
+                           "--target", "PD", "--out", tmp_path / "pd.nii.gz", "--register")
+    assert result.returncode == 0, result.stderr
+    assert nib.load(tmp_path / "pd.nii.gz").shape == nib.load(raw["T1"]).shape
+
+
+@pytest.mark.parametrize("inputs,target,message", [
+    (["T2", "PD"], "FLAIR", r"unknown contrast\(s\) \['FLAIR'\]: this model knows \['T1', 'T2', 'PD'\]"),
+    (["T2", "PD"], "PD", r"--target PD is also an input"),
+    (["T1", "T2"], "PD", r"voxel grid .* differs .* pass --register"),
+])
+def test_impute_refuses_bad_requests(workdir, tmp_path, inputs, target, message):
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    pairs = [x for c in inputs for x in ("--input", f"{c}={out / 'raw' / f'IXI-{c}' / f'IXI001-Phantom-0001-{c}.nii.gz'}")]
+    result = codebrain_cli("impute", "--model", out / "models" / "codebrain" / "stage2.pt", *pairs, "--target", target,
+                           "--out", tmp_path / "x.nii.gz")
+    assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_impute_names_a_missing_model(tmp_path):
+    result = codebrain_cli("impute", "--model", tmp_path / "none.pt", "--input", "T1=a.nii.gz", "--target", "T2",
+                           "--out", tmp_path / "x.nii.gz")
+    assert result.returncode == 2 and "none.pt: no such checkpoint" in result.stderr

@@ -165,11 +165,14 @@ def assign_splits(subjects: list[str], fractions: dict[str, float], seed: int,
 
 
 def build_store(subject_files: dict[str, Path], assignment: dict[str, str], contrasts: list[str],
-                out_dir: Path) -> dict:
-    """Concatenate per-subject npz files into one memory-mapped array per split."""
+                out_dir: Path, slicing: SliceConfig | None = None) -> dict:
+    """Concatenate per-subject npz files into one memory-mapped array per split.
+
+    store.json keeps the slicing config, so a model trained on the store can slice new scans the same way.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"contrasts": list(contrasts), "splits": {}}
+    summary = {"contrasts": list(contrasts), "splits": {}, "slicing": asdict(slicing or SliceConfig())}
     normalisation_rows, geometry_rows = [], []
     for split in SPLITS:
         subjects = sorted(s for s, name in assignment.items() if name == split)

@@ -28,14 +28,14 @@ METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "zero": 
 METRICS = ["psnr", "ssim", "mae"]
 
 
-def load_codebrain(checkpoint: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior]:
-    """Stage I and E_prior from a Stage II checkpoint (which embeds its Stage I)."""
+def load_codebrain(checkpoint: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior, dict]:
+    """Stage I, E_prior and the training store's summary (size, slicing) from a Stage II checkpoint."""
     payload = load_checkpoint(checkpoint, "stage2", {"contrasts": list(contrasts)} if contrasts else None)
     stage1 = Reconstructor(ModelConfig.from_dict(payload["stage1"]["model_config"]))
     stage1.load_state_dict(payload["stage1"]["model"])
     prior = CodePrior(ModelConfig.from_dict(payload["model_config"]))
     prior.load_state_dict(payload["model"])
-    return stage1.eval(), prior.eval()
+    return stage1.eval(), prior.eval(), payload["stage1"].get("data", {})
 
 
 def group_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +102,7 @@ def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", batch_size: int = 32) -> pd.DataFrame:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, summary = open_store(store, split)
-    stage1, prior = load_codebrain(checkpoint, summary["contrasts"])
+    stage1, prior, _ = load_codebrain(checkpoint, summary["contrasts"])
     slices, _ = open_store(store, split, summary["contrasts"])
     table = evaluate_scenarios(stage1.to(device), slices, summary["contrasts"], device, batch_size, prior=prior.to(device),
                                brain=True)

@@ -66,3 +66,65 @@ def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out
     with write_atomic(out_dir / "imputed.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str, out: Path,
+                 register: bool = False, outside: str = "impute", work_dir: Path | None = None) -> dict:
+    """A user's own scans -> the target contrast as NIfTI on the first input's grid.
+
+    The scans are sliced as the model's training store was (data = its store.json: size,
+    slicing), each normalised to [0, 1]; the imputed volume is in those normalised units, as a
+    missing contrast has no intensity scale of its own. Brain slices outside the K middle ones
+    the model was trained on are imputed too (outside="impute") or left at 0 ("skip").
+    """
+    from codebrain.data.nifti import load_volume, save_volume
+    from codebrain.data.slices import (brain_mask, canonical, check_same_grid, crop_pad, crop_window, normalise,
+                                       normalisation_range, slice_config, slice_range)
+
+    contrasts = stage1.cfg.contrasts
+    unknown = sorted(set(inputs) - set(contrasts)) + ([target] if target not in contrasts else [])
+    if unknown:
+        raise InputError(f"unknown contrast(s) {unknown}: this model knows {contrasts}")
+    if target in inputs:
+        raise InputError(f"--target {target} is also an input; nothing to impute")
+    if outside not in ("impute", "skip"):
+        raise InputError(f"--outside {outside!r}: use impute or skip")
+    if register:
+        from codebrain.data.registration import register_subject
+
+        reference = next(iter(inputs))
+        register_subject(dict(inputs), reference, work_dir, "rigid", 0)
+        inputs = {c: work_dir / f"{c}.nii.gz" for c in inputs}
+    cfg = slice_config(data.get("slicing", {}))
+    size = data["size"]
+    first = next(iter(inputs))
+    volumes, images = {}, {}
+    for contrast, path in inputs.items():
+        array, image = load_volume(path)
+        if images:
+            try:
+                check_same_grid(images[first], image, path, inputs[first])
+            except InputError as err:
+                raise InputError(f"{err}; or pass --register to register the inputs to {inputs[first]}") from None
+        volumes[contrast], images[contrast] = canonical(array, image), image
+    mask = brain_mask(list(volumes.values()))
+    if not mask.any():
+        raise InputError(f"{inputs[first]}: empty brain mask (the volume has no foreground)")
+    occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+    trained_first, trained_last = slice_range(mask, min(cfg.n_slices, mask.shape[2]), inputs[first])
+    z = np.arange(occupied[0], occupied[-1] + 1) if outside == "impute" else np.arange(trained_first, trained_last + 1)
+    corner = crop_window(mask[:, :, z], size)
+    stack = np.zeros((len(z), len(contrasts), size, size), np.float32)
+    for contrast, volume in volumes.items():
+        low, high = normalisation_range(volume, mask, cfg)
+        stack[:, contrasts.index(contrast)] = crop_pad(normalise(volume[:, :, z], low, high), corner, size).transpose(2, 0, 1)
+    available = np.array([c in inputs for c in contrasts])
+    device = next(stage1.parameters()).device
+    image = torch.from_numpy(stack)
+    imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu() for batch in image.split(32)])
+    volume = restack(imputed[:, contrasts.index(target)].numpy(), z, corner, 0.0, 1.0, images[first])
+    save_volume(volume.get_fdata(dtype=np.float32), images[first].affine, out)
+    outside_count = int(len(occupied) - (trained_last - trained_first + 1))
+    return {"slices": len(z), "trained_range": [int(trained_first), int(trained_last)],
+            "brain_slices": [int(occupied[0]), int(occupied[-1])], "outside_trained_range": outside_count,
+            "outside": outside}

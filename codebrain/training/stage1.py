@@ -129,7 +129,7 @@ def train(experiment: Experiment, spec: RunSpec) -> dict:
     if main:
         unwrapped = accelerator.unwrap_model(model)
         save_checkpoint(spec.out, "stage1", unwrapped.state_dict(), model_cfg, progress.step, metrics,
-                        experiment=section)
+                        experiment=section, data=dataset.summary)
         tracker.log_checkpoint(spec.out)
     state.clear(accelerator)
     tracker.finish(spec.run_record)

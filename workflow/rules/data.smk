@@ -138,6 +138,7 @@ rule build_slice_store:
         split_table=f"--split-table {config['splits']['table']}" if config["splits"]["table"] else "",
         fractions=" ".join(str(config["splits"]["fractions"][s]) for s in SPLITS),
         seed=config["splits"]["seed"],
+        slices=json.dumps(config["slices"], sort_keys=True),
         out_dir=lambda wildcards, output: Path(output.store).parent,
         code=source_hash("data/slices.py"),
     log:
@@ -151,5 +152,5 @@ rule build_slice_store:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain build-store --subject-slices {input.subjects} --contrasts {params.contrasts}"
-        " {params.split_table} --fractions {params.fractions} --seed {params.seed}"
+        " --config '{params.slices}' {params.split_table} --fractions {params.fractions} --seed {params.seed}"
         " --out-dir {params.out_dir} > {log} 2>&1"
