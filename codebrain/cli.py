@@ -218,6 +218,18 @@ def cmd_impute(args):
               f"{report['outside_trained_range']} other brain slices are left at 0")
 
 
+def cmd_compare(args):
+    from codebrain.data.nifti import write_atomic
+    from codebrain.evaluation.evaluate import compare_experiments
+
+    table, markdown = compare_experiments({name: Path(path) for name, path in contrast_files(args.summary).items()})
+    with write_atomic(args.out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with write_atomic(args.markdown) as tmp:
+        tmp.write_text(markdown)
+    print(markdown)
+
+
 def cmd_model_size(args):
     from codebrain.models.complexity import complexity, format_table
 
@@ -341,6 +353,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--outside", choices=["impute", "skip"], default="impute",
                    help="brain slices outside the trained middle range: impute them too, or leave them at 0")
     p.set_defaults(func=cmd_impute)
+
+    p = sub.add_parser("compare", help="the experiments' summaries side by side (metrics/summary.csv)")
+    p.add_argument("--summary", action="append", required=True, metavar="EXPERIMENT=SUMMARY_CSV")
+    p.add_argument("--out", required=True)
+    p.add_argument("--markdown", required=True)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
     p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])

@@ -1,5 +1,6 @@
 """Real Snakemake runs of the data DAG on the tiny phantom config (tests/config/tiny.yaml)."""
 
+import json
 import os
 import re
 import subprocess
@@ -56,10 +57,11 @@ def test_outputs_and_nothing_left_to_do(workdir):
     assert planned_jobs(path) == {}
 
 
-TRAINING = {"train_stage1": 1, "cache_codes": 1, "train_stage2": 1}
+TRAINING = {"train_stage1": 1, "cache_codes": 1, "train_stage2": 1}  # per experiment
 EVALUATION = {"evaluate_model": 1, "impute_test_subjects": 1}
-ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1, **TRAINING,
-                     **EVALUATION, "all": 1}
+EXPERIMENTS = 2  # tiny.yaml: codebrain and its CE ablation
+ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1,
+                     **{rule: EXPERIMENTS for rule in {**TRAINING, **EVALUATION}}, "compare_experiments": 1, "all": 1}
 
 
 def test_changed_raw_file_reruns_only_that_subject(workdir):
@@ -90,7 +92,7 @@ def test_touched_raw_file_reruns_by_mtime_above_checksum_size(workdir):
 
 def test_training_chain_runs_once_per_experiment(workdir):
     path, planned = workdir
-    assert {rule: planned[rule] for rule in TRAINING} == TRAINING
+    assert {rule: planned[rule] for rule in TRAINING} == {rule: EXPERIMENTS for rule in TRAINING}
     models = path / "results" / "tiny" / "models" / "codebrain"
     for name in ("stage1.pt", "stage2.pt", "codes/train.npy", "codes/codes.json", "stage1.run.json"):
         assert (models / name).exists(), name
@@ -98,7 +100,7 @@ def test_training_chain_runs_once_per_experiment(workdir):
 
 
 def changed_config(tmp_path, edit) -> Path:
-    config = yaml.safe_load(TINY.read_text())
+    config = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))  # YAML aliases -> independent copies
     edit(config)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
@@ -106,8 +108,8 @@ def changed_config(tmp_path, edit) -> Path:
 
 
 @pytest.mark.parametrize("stage,rerun", [
-    ("stage2", {"train_stage2": 1, **EVALUATION, "all": 1}),
-    ("stage1", {**TRAINING, **EVALUATION, "all": 1}),
+    ("stage2", {"train_stage2": 1, **EVALUATION, "compare_experiments": 1, "all": 1}),
+    ("stage1", {**TRAINING, **EVALUATION, "compare_experiments": 1, "all": 1}),
 ])
 def test_changed_training_parameter_reruns_that_stage_and_after(workdir, tmp_path, stage, rerun):
     path, _ = workdir
@@ -132,7 +134,7 @@ def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
     (lambda c: c["experiments"]["codebrain"].update(protocol="preprint"), r"'preprint' is not one of"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):
-    config = yaml.safe_load(TINY.read_text())
+    config = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
     edit(config)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
@@ -162,6 +164,20 @@ def test_imputed_volumes_sit_on_the_reference_grid(workdir):
         assert row.scenario[["T1", "T2", "PD"].index(row.target)] == "0"
     metrics = pd.read_csv(out / "metrics" / "codebrain" / "summary.csv")
     assert set(metrics.group) == {"O->O", "M->O", "ALL"}
+
+
+def test_experiments_side_by_side(workdir):
+    import pandas as pd
+
+    path, _ = workdir
+    metrics = path / "results" / "tiny" / "metrics"
+    table = pd.read_csv(metrics / "summary.csv")
+    assert set(table.experiment) == {"-", "codebrain", "ce"}
+    assert len(table[table.method == "zero imputation"]) == 3  # once, not per experiment
+    each = pd.read_csv(metrics / "ce" / "summary.csv").set_index(["group", "method"])
+    row = table[(table.experiment == "ce") & (table.method == "CodeBrain") & (table.group == "ALL")].iloc[0]
+    assert row.psnr == pytest.approx(each.loc[("ALL", "CodeBrain"), "psnr"])
+    assert "| ce | CodeBrain |" in (metrics / "summary.md").read_text()
 
 
 def test_restacked_store_slices_give_back_the_registered_volume(workdir):

@@ -120,3 +120,22 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", 
         tmp.write_text(markdown_tables(table, means))
     exemplar_figure(stage1.cpu(), prior.cpu(), slices, summary["contrasts"], out_dir / "exemplars.png", len(slices) // 2)
     return means
+
+
+def compare_experiments(summaries: dict[str, Path]) -> tuple[pd.DataFrame, str]:
+    """Each experiment's group means side by side (zero imputation once): the ablation table."""
+    frames = []
+    for name, path in summaries.items():
+        frame = pd.read_csv(path)
+        frame.insert(0, "experiment", name)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    zero = table.method == METHOD_NAMES["zero"]
+    table = pd.concat([table[zero].drop_duplicates(["group", "method"]).assign(experiment="-"), table[~zero]])
+    lines = ["| experiment | method | " + " | ".join(f"{g} PSNR / SSIM / MAE" for g in ("O->O", "M->O", "ALL")) + " |",
+             "| --- | --- | --- | --- | --- |"]
+    for (experiment, method), rows in table.groupby(["experiment", "method"], sort=False):
+        by_group = rows.set_index("group")
+        cells = [" / ".join(f"{by_group.loc[g, k]:.2f}" for k in METRICS) for g in ("O->O", "M->O", "ALL")]
+        lines.append(f"| {experiment} | {method} | " + " | ".join(cells) + " |")
+    return table, "\n".join(lines) + "\n"

@@ -161,6 +161,5 @@ def get_reference_volumes():
 
 
 def get_final_outputs():
-    metrics = expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS))
     imputed = expand(f"{OUT}/imputed/{{experiment}}", experiment=sorted(EXPERIMENTS))
-    return [f"{OUT}/manifest.tsv", f"{OUT}/slices/store.json"] + metrics + imputed
+    return [f"{OUT}/manifest.tsv", f"{OUT}/metrics/summary.csv"] + imputed

@@ -56,3 +56,25 @@ rule impute_test_subjects:
     shell:
         "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
         " --references '{params.references}' --split test --out-dir {output} > {log} 2>&1"
+
+
+rule compare_experiments:
+    input:
+        expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS)),
+    output:
+        table=f"{OUT}/metrics/summary.csv",
+        markdown=f"{OUT}/metrics/summary.md",
+    params:
+        summaries=lambda wildcards, input: " ".join(
+            f"--summary {name}={path}" for name, path in zip(sorted(EXPERIMENTS), input)
+        ),
+        code=source_hash("evaluation/evaluate.py"),
+    log:
+        f"{OUT}/logs/compare_experiments.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "codebrain compare {params.summaries} --out {output.table} --markdown {output.markdown} > {log} 2>&1"
