@@ -172,8 +172,9 @@ def cmd_evaluate(args):
         group = {"O->O": "one_to_one", "M->O": "many_to_one"}.get(row.group, row.group.lower())
         prefix = f"{args.split}/{group}/{row.method}".replace(" ", "_").replace("(", "").replace(")", "")
         tracker.log_metrics({f"{prefix}/{k}": row[k] for k in ("psnr", "ssim", "mae", "psnr_brain")})
-    for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png"):
-        tracker.log_artifact(out_dir / name)
+    for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png", "code_maps.png"):
+        if (out_dir / name).exists():
+            tracker.log_artifact(out_dir / name)
     tracker.finish(args.run_record)
     print(means[means.group == "ALL"].to_string(index=False))
 
@@ -183,12 +184,20 @@ def cmd_impute_split(args):
 
     from codebrain.evaluation.evaluate import load_codebrain
     from codebrain.evaluation.impute import impute_subjects
+    from codebrain.tracking import Tracker, tracking_uri
 
     stage1, prior, _ = load_codebrain(Path(args.model), args.contrasts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
     table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references, Path(args.out_dir),
                             args.split)
+    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset,
+                      f"impute_test_subjects/{args.experiment}",
+                      {"rule": "impute_test_subjects", "dataset": args.dataset, "experiment": args.experiment,
+                       "split": args.split, "volumes.path": Path(args.out_dir).resolve()})
+    tracker.log_metrics({"volumes": len(table), "subjects": table.subject.nunique()})
+    tracker.log_artifact(Path(args.out_dir) / "imputed.tsv")  # the volumes themselves stay on disk (large)
+    tracker.finish(None)
     print(f"{len(table)} volumes for {table.subject.nunique()} subjects in {args.out_dir}")
 
 
@@ -336,9 +345,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("impute-split", help="every scenario for every subject of a split, as NIfTI volumes")
+    add_run_arguments(p, training=False)
     p.add_argument("--model", required=True, help="Stage II checkpoint")
-    p.add_argument("--store", required=True)
-    p.add_argument("--contrasts", nargs="+", required=True)
     p.add_argument("--references", required=True, help='JSON {subject: reference volume} (the grid to write on)')
     p.add_argument("--split", default="test")
     p.add_argument("--out-dir", required=True)

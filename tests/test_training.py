@@ -258,7 +258,7 @@ def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_p
     one_method = table[table.method == "CodeBrain"]
     assert all_pairs.loc["CodeBrain", "psnr"] == pytest.approx(one_method.psnr.mean(), abs=1e-3)
     assert "| 010 | T1 |" in (tmp_path / "tables.md").read_text()
-    assert (tmp_path / "exemplars.png").stat().st_size > 1000
+    assert (tmp_path / "exemplars.png").stat().st_size > 1000 and (tmp_path / "code_maps.png").stat().st_size > 1000
 
 
 def test_four_contrasts_give_fourteen_scenarios_and_twenty_eight_pairs():

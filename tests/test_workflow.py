@@ -166,6 +166,19 @@ def test_imputed_volumes_sit_on_the_reference_grid(workdir):
     assert set(metrics.group) == {"O->O", "M->O", "ALL"}
 
 
+def test_every_model_step_is_an_mlflow_run(workdir):
+    from mlflow.tracking import MlflowClient
+
+    path, _ = workdir
+    client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    per_rule = {}
+    for run in runs:
+        per_rule.setdefault(run.data.tags["rule"], set()).add(run.data.tags["experiment"])
+    for rule in ("train_stage1", "cache_codes", "train_stage2", "evaluate_model", "impute_test_subjects"):
+        assert per_rule.get(rule) == {"codebrain", "ce"}, rule
+
+
 def test_experiments_side_by_side(workdir):
     import pandas as pd
 

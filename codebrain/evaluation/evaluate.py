@@ -4,7 +4,8 @@ Outputs (DESIGN.md protocol): scenarios.csv, one row per (scenario, target, meth
 SSIM x 100 and MAE x 1000 as means over slices, whole slice and inside the brain;
 summary.csv, unweighted means over pairs for One-to-One (one input), Many-to-One (more than one)
 and ALL; tables.md laid out like the paper's Tables 1 and 2; exemplars.png, one test slice per
-scenario with its error map.
+scenario with its error map; code_maps.png, a slice's codes as Stage I encodes and E_prior predicts
+them (FSQ models).
 """
 
 from __future__ import annotations
@@ -99,6 +100,42 @@ def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
     plt.close(fig)
 
 
+@torch.no_grad()
+def code_map_figure(stage1, prior, slices, contrasts, path: Path, index: int) -> None:
+    """Fig. 6 style: each contrast's code, dimension by dimension, as Stage I encodes it and as E_prior
+    predicts it when that contrast alone is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if stage1.cfg.quantiser != "fsq":
+        return
+    image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
+    true_codes = stage1.encode(image)[0]  # n_code_maps x d x h x w
+    rows = []
+    for m in range(stage1.cfg.n_code_maps):
+        available = np.ones(len(contrasts), bool)
+        if not stage1.cfg.joint_code:
+            available[m] = False
+        masked = image * torch.from_numpy(available)[None, :, None, None]
+        predicted = prior.predict(prior(masked))[0, m]
+        name = "joint" if stage1.cfg.joint_code else contrasts[m]
+        rows += [(f"{name} Stage I", true_codes[m]), (f"{name} predicted", predicted)]
+    d = stage1.cfg.code_dim
+    fig, axes = plt.subplots(len(rows), d, figsize=(1.1 * d, 1.15 * len(rows)), squeeze=False)
+    for r, (label, codes) in enumerate(rows):
+        for i in range(d):
+            axes[r, i].imshow(np.rot90(codes[i].numpy()), cmap="viridis", vmin=0, vmax=stage1.cfg.levels[i] - 1)
+            axes[r, i].set_xticks([]), axes[r, i].set_yticks([])
+            axes[0, i].set_title(f"dim {i}", fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=6)
+    fig.tight_layout()
+    with write_atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", batch_size: int = 32) -> pd.DataFrame:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, summary = open_store(store, split)
@@ -119,6 +156,7 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", 
     with write_atomic(out_dir / "tables.md") as tmp:
         tmp.write_text(markdown_tables(table, means))
     exemplar_figure(stage1.cpu(), prior.cpu(), slices, summary["contrasts"], out_dir / "exemplars.png", len(slices) // 2)
+    code_map_figure(stage1, prior, slices, summary["contrasts"], out_dir / "code_maps.png", len(slices) // 2)
     return means
 
 

@@ -43,6 +43,7 @@ rule impute_test_subjects:
         store=lambda wildcards, input: Path(input.store).parent,
         references=lambda wildcards: json.dumps(get_reference_volumes()),
         contrasts=" ".join(CONTRASTS),
+        tracking=get_tracking_args,
         code=source_hash("evaluation/impute.py", "evaluation/volumes.py"),
     log:
         f"{OUT}/logs/impute_test_subjects/{{experiment}}.log",
@@ -55,7 +56,8 @@ rule impute_test_subjects:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
-        " --references '{params.references}' --split test --out-dir {output} > {log} 2>&1"
+        " --references '{params.references}' --split test --experiment {wildcards.experiment} {params.tracking}"
+        " --out-dir {output} > {log} 2>&1"
 
 
 rule compare_experiments:
