@@ -200,3 +200,18 @@ def test_metrics_match_scikit_image():
             100 * structural_similarity(target[i], clamped[i], data_range=1.0), abs=1e-3)
         assert ours["mae"][i].item() == pytest.approx(1000 * np.abs(clamped[i] - target[i]).mean(), abs=1e-3)
         assert mean_squared_error(target[i], clamped[i]) > 0
+
+
+@pytest.mark.parametrize("config_file", ["config/config.yaml", "config/ixi.yaml", "config/brats.yaml"])
+def test_shipped_configs_validate_and_build(config_file):
+    import yaml
+    from snakemake.utils import validate
+
+    from codebrain.training.config import Experiment
+
+    config = yaml.safe_load(open(config_file))
+    validate(config, "workflow/schemas/config.schema.yaml")
+    for name, section in config["experiments"].items():
+        experiment = Experiment.from_dict(section, config["dataset"]["contrasts"])
+        size = config["slices"]["size"]
+        assert size % experiment.model.downsampling == 0, f"{name}: slices.size {size} vs code downsampling"

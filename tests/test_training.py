@@ -273,3 +273,20 @@ def test_four_contrasts_give_fourteen_scenarios_and_twenty_eight_pairs():
     table = evaluate_scenarios(Reconstructor(cfg), slices, contrasts, "cpu", prior=CodePrior(cfg))
     assert table.scenario.nunique() == 14
     assert len(table[table.method == "stage2"]) == 28  # sum over k=1..3 of C(4,k) * (4-k)
+
+
+def test_parallel_jobs_share_one_sqlite_store(tmp_path):
+    """Four jobs starting together on a fresh SQLite store: no schema race, no 'database is locked'."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = ("import sys; from codebrain.tracking import Tracker; t = Tracker(True, sys.argv[1], 'parallel', sys.argv[2]); "
+           "[t.log_metrics({'loss': i}, i) for i in range(15)]; t.finish(None)")
+    processes = [subprocess.Popen([sys.executable, "-c", job, uri, f"job{i}"], stderr=subprocess.PIPE, text=True)
+                 for i in range(4)]
+    for process in processes:
+        assert process.wait() == 0, process.stderr.read()[-2000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2", "job3"]
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 15 for r in runs)
