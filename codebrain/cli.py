@@ -13,13 +13,13 @@ import pandas as pd
 from codebrain.data.nifti import InputError
 
 
-def contrast_files(pairs: list[str]) -> dict[str, Path]:
+def named_files(pairs: list[str]) -> dict[str, Path]:
     """["T1=a.nii.gz", ...] -> {"T1": Path("a.nii.gz"), ...}"""
     files = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
-        if not sep:
-            raise InputError(f"expected CONTRAST=PATH, got {pair!r}")
+        if not sep or not name or not path:
+            raise InputError(f"expected NAME=PATH, got {pair!r}")
         files[name] = Path(path)
     return files
 
@@ -46,7 +46,7 @@ def cmd_register(args):
     from codebrain.data.registration import register_subject
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
-    qc = register_subject(contrast_files(args.input), args.reference, Path(args.out_dir), args.method, args.seed)
+    qc = register_subject(named_files(args.input), args.reference, Path(args.out_dir), args.method, args.seed)
     print(json.dumps(qc))
 
 
@@ -54,7 +54,7 @@ def cmd_extract_slices(args):
     from codebrain.data.slices import extract_subject, slice_config
 
     cfg = slice_config(json.loads(args.config))
-    files = contrast_files(args.input)
+    files = named_files(args.input)
     labels = files.pop("seg", None)
     z_range = tuple(args.z_range) if args.z_range else None
     extract_subject(args.subject, files, args.contrasts, cfg, Path(args.out), z_range, labels,
@@ -105,12 +105,21 @@ def config_section(args) -> dict:
 
 
 def experiment_from(args):
-    from codebrain.training.config import Experiment
+    from codebrain.training.config import parse_experiment
 
     try:
-        return Experiment.from_dict(config_section(args), args.contrasts)
+        return parse_experiment(config_section(args), args.contrasts)
     except (TypeError, ValueError) as err:
         raise InputError(f"--config: {err}") from err
+
+
+def codebrain_experiment(args):
+    from codebrain.training.config import Experiment
+
+    experiment = experiment_from(args)
+    if not isinstance(experiment, Experiment):
+        raise InputError("--config: a method: direct experiment trains with train-direct")
+    return experiment
 
 
 def run_spec(args, rule: str):
@@ -130,13 +139,23 @@ def run_spec(args, rule: str):
 def cmd_train_stage1(args):
     from codebrain.training.stage1 import train
 
-    train(experiment_from(args), run_spec(args, "train_stage1"))
+    train(codebrain_experiment(args), run_spec(args, "train_stage1"))
 
 
 def cmd_train_stage2(args):
     from codebrain.training.stage2 import train
 
-    train(experiment_from(args), run_spec(args, "train_stage2"), Path(args.stage1), Path(args.codes))
+    train(codebrain_experiment(args), run_spec(args, "train_stage2"), Path(args.stage1), Path(args.codes))
+
+
+def cmd_train_direct(args):
+    from codebrain.training.config import DirectExperiment
+    from codebrain.training.direct import train
+
+    experiment = experiment_from(args)
+    if not isinstance(experiment, DirectExperiment):
+        raise InputError("--config: train-direct needs an experiment with method: direct")
+    train(experiment, run_spec(args, "train_direct"))
 
 
 def cmd_cache_codes(args):
@@ -215,7 +234,7 @@ def cmd_impute(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="codebrain-register-") as work_dir:
         report = impute_scans(stage1.to(device), prior.to(device), data,
-                              contrast_files(args.input), args.target, Path(args.out), args.register, args.outside,
+                              named_files(args.input), args.target, Path(args.out), args.register, args.outside,
                               Path(work_dir))
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
@@ -231,7 +250,7 @@ def cmd_compare(args):
     from codebrain.data.nifti import write_atomic
     from codebrain.evaluation.evaluate import compare_experiments
 
-    table, markdown = compare_experiments({name: Path(path) for name, path in contrast_files(args.summary).items()})
+    table, markdown = compare_experiments({name: Path(path) for name, path in named_files(args.summary).items()})
     with write_atomic(args.out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(args.markdown) as tmp:
@@ -239,10 +258,60 @@ def cmd_compare(args):
     print(markdown)
 
 
+def cmd_train_segmenter(args):
+    from codebrain.evaluation.segmentation import SegmenterConfig, train_segmenter
+    from codebrain.tracking import Tracker, tracking_uri
+    from codebrain.training.config import dataclass_from
+
+    try:
+        cfg = dataclass_from(SegmenterConfig, config_section(args), "segmentation")
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--config: {err}") from err
+    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, "train_segmenter",
+                      {"rule": "train_segmenter", "dataset": args.dataset}, {f"segmentation.{k}": v for k, v in
+                                                                              vars(cfg).items()})
+    try:
+        metrics = train_segmenter(Path(args.store), cfg, Path(args.out), tracker)
+    except BaseException:
+        tracker.finish(None, status="FAILED")
+        raise
+    tracker.log_metrics(metrics)
+    tracker.finish(args.run_record)
+    print(f"segmenter: validation whole-tumour Dice (2D) {metrics['val/dice_wt_2d']:.3f}")
+
+
+def cmd_evaluate_segmentation(args):
+    import torch
+
+    from codebrain.data.nifti import write_atomic
+    from codebrain.evaluation.evaluate import load_imputer
+    from codebrain.evaluation.segmentation import evaluate_segmentation, load_segmenter, markdown_table
+    from codebrain.tracking import Tracker, tracking_uri
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    segmenter = load_segmenter(Path(args.segmenter), args.contrasts).to(device)
+    imputers = {name: load_imputer(path, args.contrasts, device) for name, path in named_files(args.model).items()}
+    table = evaluate_segmentation(segmenter, imputers, Path(args.store), args.split)
+    out_dir = Path(args.out_dir)
+    with write_atomic(out_dir / "dice.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with write_atomic(out_dir / "dice.md") as tmp:
+        tmp.write_text(markdown_table(table))
+    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, "evaluate_segmentation",
+                      {"rule": "evaluate_segmentation", "dataset": args.dataset, "split": args.split})
+    means = table.groupby("method", sort=False)[["dice_2d", "dice_3d", "dice_3d_vs_full"]].mean()
+    for method, row in means.iterrows():
+        tracker.log_metrics({f"{args.split}/{method.replace(' ', '_')}/{k}": v for k, v in row.items()})
+    tracker.log_artifact(out_dir / "dice.csv")
+    tracker.log_artifact(out_dir / "dice.md")
+    tracker.finish(args.run_record)
+    print(markdown_table(table))
+
+
 def cmd_model_size(args):
     from codebrain.models.complexity import complexity, format_table
 
-    experiment = experiment_from(args)
+    experiment = codebrain_experiment(args)
     print(format_table(complexity(experiment.model, args.size), args.size))
 
 
@@ -337,9 +406,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", required=True, help="code cache folder (cache-codes)")
     p.set_defaults(func=cmd_train_stage2)
 
+    p = sub.add_parser("train-segmenter", help="2D tumour U-Net (MONAI) on the real full-contrast training slices")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train_segmenter)
+
+    p = sub.add_parser("evaluate-segmentation", help="whole-tumour Dice with each missing contrast zero-filled, "
+                                                     "imputed by each model, or real (the paper's Table 4)")
+    add_run_arguments(p, training=False)
+    p.add_argument("--segmenter", required=True, help="train-segmenter checkpoint")
+    p.add_argument("--model", action="append", default=[], help="NAME=CHECKPOINT (Stage II or direct; repeatable)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_evaluate_segmentation)
+
+    p = sub.add_parser("train-direct", help="the direct-regressor baseline (run under accelerate launch)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train_direct)
+
     p = sub.add_parser("evaluate", help="every scenario on a split: metrics/scenarios.csv, summary.csv, tables, figures")
     add_run_arguments(p, training=False)
-    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--model", required=True, help="Stage II or direct-regressor checkpoint")
     p.add_argument("--split", default="test")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_evaluate)

@@ -202,16 +202,17 @@ def test_metrics_match_scikit_image():
         assert mean_squared_error(target[i], clamped[i]) > 0
 
 
-@pytest.mark.parametrize("config_file", ["config/config.yaml", "config/ixi.yaml", "config/brats.yaml"])
+@pytest.mark.parametrize("config_file", ["config/config.yaml", "config/phantom-ixi.yaml", "config/ixi.yaml",
+                                         "config/brats.yaml"])
 def test_shipped_configs_validate_and_build(config_file):
     import yaml
     from snakemake.utils import validate
 
-    from codebrain.training.config import Experiment
+    from codebrain.training.config import parse_experiment
 
     config = yaml.safe_load(open(config_file))
     validate(config, "workflow/schemas/config.schema.yaml")
     for name, section in config["experiments"].items():
-        experiment = Experiment.from_dict(section, config["dataset"]["contrasts"])
+        experiment = parse_experiment(section, config["dataset"]["contrasts"])
         size = config["slices"]["size"]
         assert size % experiment.model.downsampling == 0, f"{name}: slices.size {size} vs code downsampling"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
@@ -22,19 +23,32 @@ MODEL = {"width": 4, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks"
          "prior_width": 4, "prior_enc_blocks": [1, 1], "prior_middle_blocks": 1, "disc_width": 8, "disc_layers": 2}
 
 
-def make_store(folder: Path, n_train=16, n_val=4, size=16, seed=0, nan_slice=None) -> Path:
-    """Slices whose three contrasts are different intensity maps of one smooth anatomy."""
+def make_store(folder: Path, n_train=16, n_val=4, size=16, seed=0, nan_slice=None, tumours=False) -> Path:
+    """Slices whose three contrasts are different intensity maps of one smooth anatomy; with tumours,
+    a disc on half the slices, bright in the first contrast only, labelled 1..3 from the rim in."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     splits = {}
+    yy, xx = np.mgrid[:size, :size]
     for split, count in (("train", n_train), ("val", n_val), ("test", n_val)):
         anatomy = np.stack([gaussian_filter(rng.random((size, size)), 2) for _ in range(count)])
         anatomy = (anatomy - anatomy.min()) / (anatomy.max() - anatomy.min())
         stack = np.stack([anatomy, 1 - anatomy, anatomy ** 2], 1).astype(np.float16)
         if split == "train" and nan_slice is not None:
             stack[nan_slice, 0, 0, 0] = np.nan
+        if tumours:
+            labels = np.zeros((count, size, size), np.uint8)
+            for i in range(0, count, 2):
+                centre, radius = rng.uniform(size / 4, 3 * size / 4, 2), rng.uniform(size / 8, size / 5)
+                distance = np.hypot(yy - centre[0], xx - centre[1]) / radius
+                labels[i] = np.select([distance < 0.4, distance < 0.7, distance < 1], [1, 3, 2], 0)
+            stack[:, 0] = np.where(labels > 0, 1.0, stack[:, 0])
+            np.save(folder / f"{split}_labels.npy", labels)
+            subjects = np.arange(count) // 4  # four slices per "subject"
+            pd.DataFrame({"subject": [f"s{s}" for s in subjects], "z": np.arange(count) % 4}).to_csv(
+                folder / f"{split}.tsv", sep="\t", index_label="index")
         np.save(folder / f"{split}.npy", stack)
-        splits[split] = {"subjects": 1, "slices": count, "labels": False}
+        splits[split] = {"subjects": 1, "slices": count, "labels": tumours}
     (folder / "store.json").write_text(json.dumps({"contrasts": CONTRASTS, "splits": splits, "size": size,
                                                    "dtype": "float16"}))
     return folder
@@ -244,8 +258,6 @@ def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, vari
 def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_path):
     cli("evaluate", "--model", trained / "stage2.pt", "--store", store, "--split", "test", "--out-dir", tmp_path,
         "--contrasts", *CONTRASTS, "--results", trained, "--dataset", "synthetic")
-    import pandas as pd
-
     table = pd.read_csv(tmp_path / "scenarios.csv", dtype={"scenario": str})
     assert {"scenario", "target", "n_inputs", "method", "psnr", "ssim", "mae", "psnr_brain"} <= set(table.columns)
     for method, rows in table.groupby("method"):
@@ -262,17 +274,59 @@ def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_p
 
 
 def test_four_contrasts_give_fourteen_scenarios_and_twenty_eight_pairs():
-    from codebrain.evaluation.scenarios import evaluate_scenarios
+    from codebrain.evaluation.scenarios import CodeBrainImputer, DirectImputer, evaluate_scenarios
     from codebrain.models.config import ModelConfig
+    from codebrain.models.direct import DirectRegressor
     from codebrain.models.prior import CodePrior
     from codebrain.models.reconstructor import Reconstructor
 
     contrasts = ["T1", "T1Gd", "T2", "FLAIR"]
     cfg = ModelConfig(contrasts=contrasts, **{k: v for k, v in MODEL.items() if not k.startswith("disc")})
     slices = np.random.default_rng(0).random((3, 4, 16, 16)).astype(np.float16)
-    table = evaluate_scenarios(Reconstructor(cfg), slices, contrasts, "cpu", prior=CodePrior(cfg))
+    table = evaluate_scenarios(CodeBrainImputer(Reconstructor(cfg), CodePrior(cfg)), slices, contrasts, "cpu")
     assert table.scenario.nunique() == 14
     assert len(table[table.method == "stage2"]) == 28  # sum over k=1..3 of C(4,k) * (4-k)
+    assert table[table.method == "stage2"].code_accuracy.between(0, 1).all()
+    direct = evaluate_scenarios(DirectImputer(DirectRegressor(cfg)), slices, contrasts, "cpu")
+    assert len(direct[direct.method == "direct"]) == 28 and direct.scenario.nunique() == 14
+
+
+def test_direct_regressor_sees_the_availability_bits_and_keeps_given_contrasts():
+    from codebrain.evaluation.scenarios import DirectImputer
+    from codebrain.models.config import ModelConfig
+    from codebrain.models.direct import DirectRegressor
+
+    torch.manual_seed(0)
+    model = DirectRegressor(ModelConfig(contrasts=CONTRASTS, width=4, enc_blocks=[1, 1], dec_blocks=[1, 1],
+                                        middle_blocks=1))
+    torch.nn.init.normal_(model.decoder.ending.weight)  # a fresh NAFNet's output ignores little, but not zero
+    image = torch.rand(2, 3, 16, 16)
+    zeros = torch.zeros_like(image)
+    # the same (all-zero) pixels with different availability bits must give different predictions
+    a = model(zeros, torch.tensor([[True, False, False]] * 2))
+    b = model(zeros, torch.tensor([[False, True, False]] * 2))
+    assert (a - b).abs().max() > 1e-4
+    outputs, _ = DirectImputer(model)(image, np.array([True, False, True]))
+    assert torch.equal(outputs["direct"][:, [0, 2]], image[:, [0, 2]])
+
+
+def test_direct_regressor_trains_and_is_evaluated_like_codebrain(store, tmp_path):
+    config = {"method": "direct", "model": {k: MODEL[k] for k in ("width", "enc_blocks", "dec_blocks", "middle_blocks")},
+              "train": {"steps": 6, "batch_size": 4, "validate_every": 6, "checkpoint_every": 3, "log_every": 2}}
+    cli("train-direct", "--store", store, "--out", tmp_path / "direct.pt", "--contrasts", *CONTRASTS,
+        "--config", json.dumps(config), "--results", tmp_path, "--dataset", "synthetic")
+    payload = torch.load(tmp_path / "direct.pt", weights_only=True)
+    assert payload["kind"] == "direct" and payload["step"] == 6
+    assert payload["metrics"]["val/psnr_direct"] > payload["metrics"]["val/psnr_zero"]
+    assert not (tmp_path / "direct.pt.state").exists()
+    cli("evaluate", "--model", tmp_path / "direct.pt", "--store", store, "--out-dir", tmp_path / "eval",
+        "--contrasts", *CONTRASTS, "--results", tmp_path, "--dataset", "synthetic")
+    table = pd.read_csv(tmp_path / "eval" / "scenarios.csv", dtype={"scenario": str})
+    assert sorted(table.method.unique()) == ["direct regressor", "zero imputation"]
+    assert len(table[table.method == "direct regressor"]) == 9
+    result = cli("train-stage1", "--store", store, "--out", tmp_path / "x.pt", "--contrasts", *CONTRASTS,
+                 "--config", json.dumps(config), "--results", tmp_path, check=False)
+    assert result.returncode == 2 and "train-direct" in result.stderr
 
 
 def test_parallel_jobs_share_one_sqlite_store(tmp_path):

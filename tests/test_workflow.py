@@ -15,6 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
+TINY_BRATS = REPO / "tests" / "config" / "tiny-brats.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 
 
@@ -59,9 +60,10 @@ def test_outputs_and_nothing_left_to_do(workdir):
 
 TRAINING = {"train_stage1": 1, "cache_codes": 1, "train_stage2": 1}  # per experiment
 EVALUATION = {"evaluate_model": 1, "impute_test_subjects": 1}
-EXPERIMENTS = 2  # tiny.yaml: codebrain and its CE ablation
+EXPERIMENTS = 2  # tiny.yaml: codebrain and its CE ablation, and the direct regressor beside them
 ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1,
-                     **{rule: EXPERIMENTS for rule in {**TRAINING, **EVALUATION}}, "compare_experiments": 1, "all": 1}
+                     **{rule: EXPERIMENTS for rule in {**TRAINING, **EVALUATION}}, "evaluate_model": EXPERIMENTS + 1,
+                     "train_direct": 1, "compare_experiments": 1, "all": 1}
 
 
 def test_changed_raw_file_reruns_only_that_subject(workdir):
@@ -176,7 +178,8 @@ def test_every_model_step_is_an_mlflow_run(workdir):
     for run in runs:
         per_rule.setdefault(run.data.tags["rule"], set()).add(run.data.tags["experiment"])
     for rule in ("train_stage1", "cache_codes", "train_stage2", "evaluate_model", "impute_test_subjects"):
-        assert per_rule.get(rule) == {"codebrain", "ce"}, rule
+        assert per_rule.get(rule) == {"codebrain", "ce"} | ({"direct"} if rule == "evaluate_model" else set()), rule
+    assert per_rule.get("train_direct") == {"direct"}
 
 
 def test_experiments_side_by_side(workdir):
@@ -185,7 +188,8 @@ def test_experiments_side_by_side(workdir):
     path, _ = workdir
     metrics = path / "results" / "tiny" / "metrics"
     table = pd.read_csv(metrics / "summary.csv")
-    assert set(table.experiment) == {"-", "codebrain", "ce"}
+    assert set(table.experiment) == {"-", "codebrain", "ce", "direct"}
+    assert set(table[table.experiment == "direct"].method) == {"direct regressor"}
     assert len(table[table.method == "zero imputation"]) == 3  # once, not per experiment
     each = pd.read_csv(metrics / "ce" / "summary.csv").set_index(["group", "method"])
     row = table[(table.experiment == "ce") & (table.method == "CodeBrain") & (table.group == "ALL")].iloc[0]
@@ -267,3 +271,35 @@ def test_impute_names_a_missing_model(tmp_path):
     result = codebrain_cli("impute", "--model", tmp_path / "none.pt", "--input", "T1=a.nii.gz", "--target", "T2",
                            "--out", tmp_path / "x.nii.gz")
     assert result.returncode == 2 and "none.pt: no such checkpoint" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def brats_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny-brats-dag")
+    planned = planned_jobs(workdir, configfile=TINY_BRATS)
+    snakemake(workdir, configfile=TINY_BRATS)
+    return workdir, planned
+
+
+def test_labelled_dataset_adds_the_segmentation_branch(brats_workdir):
+    """BraTS-like phantom: no registration (co-registered data), a segmenter, Dice for every 3 -> 1
+    scenario with the contrast zero-filled, imputed by each experiment, or real; logged to MLflow."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    path, planned = brats_workdir
+    assert "register_subject" not in planned
+    assert planned["train_segmenter"] == 1 and planned["evaluate_segmentation"] == 1
+    out = path / "results" / "tiny-brats"
+    dice = pd.read_csv(out / "segmentation" / "dice.csv", dtype={"scenario": str})
+    assert len(dice) == 4 * 4  # 4 missing contrasts x (zero-filled, codebrain, direct, all real)
+    assert sorted(dice.scenario.unique()) == ["0111", "1011", "1101", "1110"]
+    assert set(dice.method) == {"zero-filled", "codebrain", "direct", "all real"}
+    assert (dice[dice.method == "all real"].dice_3d_vs_full == 1).all()
+    scenarios = pd.read_csv(out / "metrics" / "codebrain" / "scenarios.csv", dtype={"scenario": str})
+    assert len(scenarios[scenarios.method == "CodeBrain"]) == 28  # 14 scenarios for 4 contrasts
+    client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny-brats").experiment_id])
+    rules = {run.data.tags["rule"] for run in runs}
+    assert {"train_segmenter", "evaluate_segmentation", "train_direct"} <= rules
+    assert planned_jobs(path, configfile=TINY_BRATS) == {}

@@ -18,25 +18,41 @@ import torch
 
 from codebrain.data.dataset import open_store
 from codebrain.data.nifti import write_atomic
-from codebrain.evaluation.impute import impute
-from codebrain.evaluation.scenarios import all_scenarios, evaluate_scenarios, scenario_name
+from codebrain.evaluation.scenarios import (CodeBrainImputer, DirectImputer, all_scenarios, evaluate_scenarios,
+                                            scenario_name)
 from codebrain.models.config import ModelConfig
+from codebrain.models.direct import DirectRegressor
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
 from codebrain.training.checkpoints import load_checkpoint
 
-METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "zero": "zero imputation"}
+METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "direct": "direct regressor",
+                "zero": "zero imputation"}
 METRICS = ["psnr", "ssim", "mae"]
 
 
 def load_codebrain(checkpoint: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior, dict]:
     """Stage I, E_prior and the training store's summary (size, slicing) from a Stage II checkpoint."""
-    payload = load_checkpoint(checkpoint, "stage2", {"contrasts": list(contrasts)} if contrasts else None)
+    return codebrain_from(load_checkpoint(checkpoint, "stage2", {"contrasts": list(contrasts)} if contrasts else None))
+
+
+def codebrain_from(payload: dict) -> tuple[Reconstructor, CodePrior, dict]:
     stage1 = Reconstructor(ModelConfig.from_dict(payload["stage1"]["model_config"]))
     stage1.load_state_dict(payload["stage1"]["model"])
     prior = CodePrior(ModelConfig.from_dict(payload["model_config"]))
     prior.load_state_dict(payload["model"])
     return stage1.eval(), prior.eval(), payload["stage1"].get("data", {})
+
+
+def load_imputer(checkpoint: str | Path, contrasts: list[str], device="cpu") -> tuple[object, str]:
+    """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint."""
+    payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)})
+    if payload["kind"] == "direct":
+        model = DirectRegressor(ModelConfig.from_dict(payload["model_config"]))
+        model.load_state_dict(payload["model"])
+        return DirectImputer(model.to(device)), "direct"
+    stage1, prior, _ = codebrain_from(payload)
+    return CodeBrainImputer(stage1.to(device), prior.to(device)), "stage2"
 
 
 def group_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -71,7 +87,7 @@ def markdown_tables(table: pd.DataFrame, summary: pd.DataFrame) -> str:
 
 
 @torch.no_grad()
-def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) -> None:
+def exemplar_figure(imputer, method: str, slices, contrasts, path: Path, index: int) -> None:
     """One slice: for each scenario and missing target, truth, imputation and absolute error (Fig. 3/4 style)."""
     import matplotlib
 
@@ -81,7 +97,7 @@ def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
     image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
     panels = []
     for available in all_scenarios(len(contrasts)):
-        imputed = impute(stage1, prior, image, available)
+        imputed = imputer(image.to(imputer_device(imputer)), available)[0][method].clamp(0, 1).cpu()
         panels += [(scenario_name(available), contrasts[t], image[0, t].numpy(), imputed[0, t].numpy())
                    for t in np.flatnonzero(~available)]
     fig, axes = plt.subplots(3, len(panels), figsize=(1.5 * len(panels), 4.8), squeeze=False)
@@ -91,7 +107,7 @@ def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
             axes[row, column].imshow(np.rot90(picture), cmap=cmap, vmin=0, vmax=vmax)
             axes[row, column].axis("off")
         axes[0, column].set_title(f"{scenario} -> {target}", fontsize=7)
-    for row, label in enumerate(["truth", "CodeBrain", "|error| (0-0.3)"]):
+    for row, label in enumerate(["truth", METHOD_NAMES[method], "|error| (0-0.3)"]):
         axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
                           ha="right", fontsize=7)
     fig.tight_layout()
@@ -101,16 +117,17 @@ def exemplar_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
 
 
 @torch.no_grad()
-def code_map_figure(stage1, prior, slices, contrasts, path: Path, index: int) -> None:
+def code_map_figure(imputer, slices, contrasts, path: Path, index: int) -> None:
     """Fig. 6 style: each contrast's code, dimension by dimension, as Stage I encodes it and as E_prior
-    predicts it when that contrast alone is missing."""
+    predicts it when that contrast alone is missing (CodeBrain with FSQ codes only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if stage1.cfg.quantiser != "fsq":
+    if not isinstance(imputer, CodeBrainImputer) or imputer.stage1.cfg.quantiser != "fsq":
         return
+    stage1, prior = imputer.stage1.cpu(), imputer.prior.cpu()
     image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
     true_codes = stage1.encode(image)[0]  # n_code_maps x d x h x w
     rows = []
@@ -136,13 +153,18 @@ def code_map_figure(stage1, prior, slices, contrasts, path: Path, index: int) ->
     plt.close(fig)
 
 
+def imputer_device(imputer):
+    model = imputer.model if isinstance(imputer, DirectImputer) else imputer.stage1
+    return next(model.parameters()).device
+
+
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", batch_size: int = 32) -> pd.DataFrame:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, summary = open_store(store, split)
-    stage1, prior, _ = load_codebrain(checkpoint, summary["contrasts"])
-    slices, _ = open_store(store, split, summary["contrasts"])
-    table = evaluate_scenarios(stage1.to(device), slices, summary["contrasts"], device, batch_size, prior=prior.to(device),
-                               brain=True)
+    contrasts = summary["contrasts"]
+    imputer, method = load_imputer(checkpoint, contrasts, device)
+    slices, _ = open_store(store, split, contrasts)
+    table = evaluate_scenarios(imputer, slices, contrasts, device, batch_size, brain=True)
     table["method"] = table.method.map(METHOD_NAMES)
     table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")
     columns = ["scenario", "target", "n_inputs", "method"] + [c for c in table.columns if c.split("_")[0] in METRICS]
@@ -155,8 +177,8 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", 
         means.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(out_dir / "tables.md") as tmp:
         tmp.write_text(markdown_tables(table, means))
-    exemplar_figure(stage1.cpu(), prior.cpu(), slices, summary["contrasts"], out_dir / "exemplars.png", len(slices) // 2)
-    code_map_figure(stage1, prior, slices, summary["contrasts"], out_dir / "code_maps.png", len(slices) // 2)
+    exemplar_figure(imputer, method, slices, contrasts, out_dir / "exemplars.png", len(slices) // 2)
+    code_map_figure(imputer, slices, contrasts, out_dir / "code_maps.png", len(slices) // 2)
     return means
 
 

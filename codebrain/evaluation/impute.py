@@ -17,23 +17,14 @@ from tqdm import tqdm
 
 from codebrain.data.dataset import open_store
 from codebrain.data.nifti import InputError, write_atomic
-from codebrain.evaluation.scenarios import all_scenarios, scenario_name
+from codebrain.evaluation.scenarios import CodeBrainImputer, all_scenarios, scenario_name
 from codebrain.evaluation.volumes import restack
 
 
 @torch.no_grad()
 def impute(stage1, prior, image: torch.Tensor, available: np.ndarray) -> torch.Tensor:
     """B x N x S x S -> the same with every unavailable channel decoded from its predicted code."""
-    mask = torch.from_numpy(available).to(image.device)
-    masked = image * mask[None, :, None, None]  # M_s
-    common = stage1.common_features(masked)  # F_c
-    predicted = prior.predict(prior(masked))  # B x n_code_maps x d' x h x w
-    output = masked.clone()
-    for t in np.flatnonzero(~available):
-        code_map, channel = (0, int(t)) if stage1.cfg.joint_code else (int(t), 0)
-        latent = stage1.quantiser.codes_to_latent(predicted[:, code_map])
-        output[:, t] = stage1.decoder(latent, common)[:, channel].clamp(0, 1)
-    return output
+    return CodeBrainImputer(stage1, prior, reconstruct=False)(image, available)[0]["stage2"].clamp(0, 1)
 
 
 def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out_dir: Path,

@@ -3,7 +3,8 @@
 A scenario is the set of available contrasts, named as a bit string in contrast order ("010" =
 only the second given). The protocol (DESIGN.md): outputs clamped to [0, 1], PSNR per slice
 with data range 1, mean over slices per (scenario, target) pair, then an unweighted mean over
-pairs; model selection uses the one-missing scenarios.
+pairs; model selection uses the one-missing scenarios. An imputer is any callable that fills
+the missing channels of a batch for a scenario: CodeBrain's two stages or a baseline.
 """
 
 from __future__ import annotations
@@ -36,18 +37,58 @@ def brain_masks(image: np.ndarray) -> np.ndarray:
     return np.stack([brain_mask(list(stack)) for stack in image])
 
 
-@torch.no_grad()
-def evaluate_scenarios(stage1, slices, contrasts: list[str], device, batch_size: int = 64, prior=None,
-                       max_slices: int | None = None, brain: bool = False) -> pd.DataFrame:
-    """Rows (scenario, target, n_inputs, method, psnr, ssim, mae[, *_brain], code_accuracy): means over slices.
+class CodeBrainImputer:
+    """Stage I reconstruction (D_a from the target's true code) and, given E_prior, Stage II imputation
+    (from the predicted code), plus the predicted codes' per-slice accuracy. reconstruct=False
+    skips Stage I (imputing real missing data, whose true codes do not exist)."""
 
-    methods: stage1 = D_a from the target's true code (reconstruction), stage2 = from E_prior's
-    predicted code (imputation, when a prior is given), zero = the missing contrast left at 0.
+    def __init__(self, stage1, prior=None, reconstruct: bool = True):
+        self.stage1, self.prior = stage1.eval(), prior.eval() if prior is not None else None
+        self.reconstruct = reconstruct
+
+    @torch.no_grad()
+    def __call__(self, image, available: np.ndarray) -> tuple[dict, dict]:
+        """image B x N x S x S -> ({method: B x N x S x S}, {metric: B x N}); missing channels filled."""
+        mask = torch.from_numpy(available).to(image.device)
+        masked = image * mask[None, :, None, None]  # M_s
+        common = self.stage1.common_features(masked)  # F_c
+        codes = {"stage1": self.stage1.encode(image)} if self.reconstruct else {}  # B x n_code_maps x d' x h x w
+        if self.prior is not None:
+            codes["stage2"] = self.prior.predict(self.prior(masked))
+        outputs = {method: masked.clone() for method in codes}
+        accuracy = torch.full(image.shape[:2], float("nan"), device=image.device)
+        for t in np.flatnonzero(~available):
+            for method, method_codes in codes.items():
+                outputs[method][:, t] = self.stage1.decode_code(method_codes, common, int(t))
+            if len(codes) == 2 and codes["stage2"].dtype != torch.float32:  # discrete codes only
+                code_map = 0 if self.stage1.cfg.joint_code else int(t)
+                hits = codes["stage2"][:, code_map] == codes["stage1"][:, code_map]
+                accuracy[:, t] = hits.float().flatten(1).mean(1)
+        return outputs, ({"code_accuracy": accuracy} if len(codes) == 2 else {})
+
+
+class DirectImputer:
+    """The direct regressor's prediction for every missing contrast."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def __call__(self, image, available: np.ndarray) -> tuple[dict, dict]:
+        mask = torch.from_numpy(available).to(image.device)
+        masked = image * mask[None, :, None, None]
+        predicted = self.model(masked, mask[None].expand(len(image), -1))
+        return {"direct": torch.where(mask[None, :, None, None], masked, predicted)}, {}
+
+
+@torch.no_grad()
+def evaluate_scenarios(imputer, slices, contrasts: list[str], device, batch_size: int = 64,
+                       max_slices: int | None = None, brain: bool = False) -> pd.DataFrame:
+    """Rows (scenario, target, n_inputs, method, psnr, ssim, mae[, *_brain][, code_accuracy]): means over slices.
+
+    imputer(image, available) -> ({method: B x N x S x S}, {metric: B x N}) (CodeBrainImputer:
+    stage1 and stage2, DirectImputer: direct); zero = the missing contrast left at 0.
     """
-    stage1.eval()
-    if prior is not None:
-        prior.eval()
-    joint = stage1.cfg.joint_code
     sums = defaultdict(float)
     counts = defaultdict(int)
     n = len(slices) if max_slices is None else min(len(slices), max_slices)
@@ -55,32 +96,20 @@ def evaluate_scenarios(stage1, slices, contrasts: list[str], device, batch_size:
         block = np.array(slices[start: min(n, start + batch_size)], dtype=np.float32)
         image = torch.from_numpy(block).to(device)
         masks = torch.from_numpy(brain_masks(block)).to(device) if brain else None
-        true_codes = stage1.encode(image)  # B x n_code_maps x d' x h x w
         for available in all_scenarios(len(contrasts)):
-            mask = torch.from_numpy(available).to(device)
-            masked = image * mask[None, :, None, None]
-            common = stage1.common_features(masked)
-            predicted = prior.predict(prior(masked)) if prior is not None else None
+            outputs, extras = imputer(image, available)
             for t in np.flatnonzero(~available):
-                code_map, channel = (0, int(t)) if joint else (int(t), 0)
                 key = (scenario_name(available), contrasts[t], int(available.sum()))
                 target = image[:, t]
-                outputs = {"zero": torch.zeros_like(target)}
-                latent = stage1.quantiser.codes_to_latent(true_codes[:, code_map])
-                outputs["stage1"] = stage1.decoder(latent, common)[:, channel]
-                if predicted is not None:
-                    latent = stage1.quantiser.codes_to_latent(predicted[:, code_map])
-                    outputs["stage2"] = stage1.decoder(latent, common)[:, channel]
-                    if predicted.dtype != torch.float32:
-                        hits = (predicted[:, code_map] == true_codes[:, code_map]).float().flatten(1).mean(1)
-                        sums[key + ("stage2", "code_accuracy")] += hits.sum().item()
-                for method, output in outputs.items():
-                    values = slice_metrics(output, target)
+                for method, output in {"zero": torch.zeros_like(image), **outputs}.items():
+                    values = slice_metrics(output[:, t], target)
                     if brain:
-                        values.update({f"{k}_brain": v for k, v in slice_metrics(output, target, masks).items()})
+                        values.update({f"{k}_brain": v for k, v in slice_metrics(output[:, t], target, masks).items()})
                     for metric, per_slice in values.items():
                         sums[key + (method, metric)] += per_slice.sum().item()
                     counts[key + (method,)] += len(target)
+                for metric, per_slice in extras.items():
+                    sums[key + ("stage2", metric)] += per_slice[:, t].sum().item()
     rows = []
     for key, count in counts.items():
         row = dict(zip(("scenario", "target", "n_inputs", "method"), key))

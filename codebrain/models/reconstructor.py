@@ -96,6 +96,11 @@ class Reconstructor(nn.Module):
         """D_a(concat[latent, E_s(M_s)]): B x 1 x S x S (release: B x N x S x S)."""
         return self.decoder(latent, self.common_features(masked))
 
+    def decode_code(self, codes, common, target: int):
+        """Contrast `target` from its code map (B x n_code_maps x d' x h x w) and F_c: B x S x S."""
+        code_map, channel = (0, target) if self.cfg.joint_code else (target, 0)
+        return self.decoder(self.quantiser.codes_to_latent(codes[:, code_map]), common)[:, channel]
+
     def forward(self, image, scenario_mask, anchor):
         """image B x N x S x S, scenario_mask B x N (True = available), anchor B -> reconstruction, codes, aux loss."""
         masked = image * scenario_mask[:, :, None, None].to(image.dtype)  # M_s

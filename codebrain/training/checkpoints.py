@@ -42,8 +42,9 @@ def config_mismatch(found: dict, expected: dict) -> list[str]:
             for key, value in expected.items() if found.get(key) != value]
 
 
-def load_checkpoint(path: str | Path, kind: str, expected: dict | None = None) -> dict:
-    """The checkpoint at path, refused if it is not a `kind` checkpoint or its model_config differs from `expected`."""
+def load_checkpoint(path: str | Path, kind: str | tuple[str, ...], expected: dict | None = None) -> dict:
+    """The checkpoint at path, refused if it is not of `kind` (one or several) or its model_config differs from
+    `expected`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
@@ -51,9 +52,10 @@ def load_checkpoint(path: str | Path, kind: str, expected: dict | None = None) -
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a truncated or foreign file
         raise InputError(f"{path}: not a readable checkpoint ({err.__class__.__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("kind") != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(payload, dict) or payload.get("kind") not in kinds:
         found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise InputError(f"{path}: is a {found!r} checkpoint, expected {kind!r}")
+        raise InputError(f"{path}: is a {found!r} checkpoint, expected {' or '.join(map(repr, kinds))}")
     problems = config_mismatch(payload["model_config"], expected or {})
     if problems:
         raise InputError(f"{path}: checkpoint from another config: " + "; ".join(problems))

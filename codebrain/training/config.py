@@ -81,6 +81,9 @@ class Experiment:
     @classmethod
     def from_dict(cls, section: dict, contrasts: list[str]) -> "Experiment":
         """{protocol, model, stage1, stage2} over the protocol's defaults; contrasts from the dataset."""
+        unknown = set(section) - {"protocol", "model", "stage1", "stage2"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} (protocol, model, stage1, stage2)")
         protocol = section.get("protocol", "paper")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r} is not one of {sorted(PROTOCOLS)}")
@@ -95,6 +98,37 @@ class Experiment:
     def to_dict(self) -> dict:
         return {"protocol": self.protocol, "model": asdict(self.model), "stage1": asdict(self.stage1),
                 "stage2": asdict(self.stage2)}
+
+
+@dataclass
+class DirectExperiment:
+    """The direct-regressor baseline, {method: direct, model, train}: model uses only the backbone keys
+    (width, enc_blocks, middle_blocks, dec_blocks); CodeBrain's budget is stage1.steps + stage2.steps."""
+    model: ModelConfig
+    train: TrainConfig
+    protocol: str = "direct"
+
+    @classmethod
+    def from_dict(cls, section: dict, contrasts: list[str]) -> "DirectExperiment":
+        unknown = set(section) - {"method", "model", "train"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} for method direct (model, train)")
+        model = {**(section.get("model") or {}), "contrasts": list(contrasts)}
+        return cls(dataclass_from(ModelConfig, model, "model"),
+                   dataclass_from(TrainConfig, section.get("train") or {}, "train"))
+
+    def to_dict(self) -> dict:
+        return {"method": "direct", "model": asdict(self.model), "train": asdict(self.train)}
+
+
+def parse_experiment(section: dict, contrasts: list[str]) -> Experiment | DirectExperiment:
+    """An experiment's config section: CodeBrain (the default method) or the direct regressor."""
+    method = section.get("method", "codebrain")
+    if method == "direct":
+        return DirectExperiment.from_dict(section, contrasts)
+    if method != "codebrain":
+        raise ValueError(f"method {method!r} is not codebrain or direct")
+    return Experiment.from_dict({k: v for k, v in section.items() if k != "method"}, contrasts)
 
 
 def config_hash(section: dict) -> str:

@@ -19,10 +19,15 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from codebrain.data.dataset import sample_scenario
+from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.data.nifti import InputError
 from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
-from codebrain.training.config import TrainConfig
+from codebrain.tracking import Tracker
+from codebrain.training.checkpoints import ResumeState
+from codebrain.training.config import TrainConfig, config_hash, flatten
+
+VALIDATION_NAMES = {"stage2": "imputation", "stage1": "reconstruction", "direct": "direct regressor",
+                    "zero": "zero-filling"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +56,35 @@ class RunSpec:
     experiment_name: str = "codebrain"
     run_name: str = "train_stage1"
     tags: dict | None = None
+
+
+@dataclass
+class TrainingRun:
+    """What every training loop opens: resume state, data, batch order and tracker."""
+    state: ResumeState
+    dataset: SliceDataset
+    val_slices: np.ndarray
+    batches: GlobalBatches
+    tracker: Tracker
+
+
+def open_run(accelerator, spec: RunSpec, section: dict, cfg: TrainConfig, contrasts: list[str], progress: Progress,
+             resume_key: dict | None = None, codes_dir: Path | None = None) -> TrainingRun:
+    """Load the state of an interrupted run of the same config (resume_key, default the section) if there
+    is one, open the training/validation slices, and start the MLflow run with the section as params."""
+    state = ResumeState(spec.out, config_hash(resume_key or section))
+    last = state.latest()
+    if last is not None:
+        accelerator.load_state(str(last))
+        accelerator.print(f"resumed from {last} at step {progress.step}")
+    dataset = SliceDataset(spec.store, "train", contrasts, seed=cfg.seed, codes_dir=codes_dir)
+    val_slices, _ = open_store(spec.store, "val", contrasts)
+    batches = GlobalBatches(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
+    main = accelerator.is_main_process
+    tracker = Tracker(main, spec.tracking_uri, spec.experiment_name, spec.run_name, spec.tags,
+                      flatten(section) if main else None)
+    tracker.log_dict(section, "config.json")
+    return TrainingRun(state, dataset, val_slices, batches, tracker)
 
 
 def progress_bar(accelerator, total: int, initial: int, desc: str) -> tqdm:
@@ -130,16 +164,16 @@ def check_finite(accelerator, losses: dict, step: int, state) -> None:
                                f"{state.latest() or 'none (no checkpoint written yet)'}")
 
 
-def validate(accelerator, stage1, val_slices, contrasts, cfg: TrainConfig, tracker, step: int, prior=None) -> dict:
-    """PSNR over every scenario on the validation split (main process): Stage I reconstruction, zero
-    filling and, given E_prior, Stage II imputation and code accuracy per contrast."""
+def validate(accelerator, imputer, val_slices, contrasts, cfg: TrainConfig, tracker, step: int) -> dict:
+    """PSNR over every scenario on the validation split (main process), per method of the imputer
+    (CodeBrainImputer: Stage I reconstruction, Stage II imputation and code accuracy) and zero filling."""
     metrics = {}
     if accelerator.is_main_process:
-        table = evaluate_scenarios(stage1, val_slices, contrasts, accelerator.device, cfg.val_batch_size, prior=prior)
+        table = evaluate_scenarios(imputer, val_slices, contrasts, accelerator.device, cfg.val_batch_size)
         metrics = {f"val/{k}": v for k, v in summarise(table).items()}
         tracker.log_metrics(metrics, step)
-        imputed = f"imputation {metrics['val/psnr_stage2']:.2f} dB, " if prior is not None else ""
-        accelerator.print(f"step {step}: val PSNR {imputed}reconstruction {metrics['val/psnr_stage1']:.2f} dB, "
-                          f"zero-filling {metrics['val/psnr_zero']:.2f} dB")
+        methods = [m for m in ("stage2", "stage1", "direct", "zero") if f"val/psnr_{m}" in metrics]
+        accelerator.print(f"step {step}: val PSNR " + ", ".join(f"{VALIDATION_NAMES[m]} {metrics[f'val/psnr_{m}']:.2f} dB"
+                                                               for m in methods))
     accelerator.wait_for_everyone()
     return metrics

@@ -7,20 +7,18 @@ the common features, PSNR loss + lambda * adversarial loss; checkpoint, validate
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
 
-from codebrain.data.dataset import SliceDataset, open_store
+from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.models.losses import psnr_loss
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.reconstructor import Reconstructor
-from codebrain.tracking import Tracker
-from codebrain.training.checkpoints import ResumeState, save_checkpoint
-from codebrain.training.config import Experiment, config_hash, flatten
-from codebrain.training.loop import (GlobalBatches, Progress, RunSpec, batch_scenario, check_finite, cosine_lr,
-                                     epoch_loader, make_accelerator, make_optimizer, progress_bar, set_lr, validate)
+from codebrain.training.checkpoints import save_checkpoint
+from codebrain.training.config import Experiment
+from codebrain.training.loop import (Progress, RunSpec, batch_scenario, check_finite, cosine_lr, epoch_loader,
+                                     make_accelerator, make_optimizer, open_run, progress_bar, set_lr, validate)
 
 
 def reconstruction_weights(cfg, mask, joint: bool):
@@ -44,26 +42,14 @@ def train(experiment: Experiment, spec: RunSpec) -> dict:
     accelerator.register_for_checkpointing(progress)
 
     section = experiment.to_dict()
-    state = ResumeState(spec.out, config_hash(section))
-    last = state.latest()
-    if last is not None:
-        accelerator.load_state(str(last))
-        accelerator.print(f"resumed from {last} at step {progress.step}")
-
-    dataset = SliceDataset(spec.store, "train", model_cfg.contrasts, seed=cfg.seed)
-    val_slices, _ = open_store(spec.store, "val", model_cfg.contrasts)
-    batches = GlobalBatches(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index,
-                            accelerator.num_processes)
-    main = accelerator.is_main_process
-    tracker = Tracker(main, spec.tracking_uri, spec.experiment_name, spec.run_name, spec.tags,
-                      flatten(section) if main else None)
-    tracker.log_dict(section, "config.json")
+    run = open_run(accelerator, spec, section, cfg, model_cfg.contrasts, progress)
+    state, tracker = run.state, run.tracker
     gan_from = int(cfg.gan_start * cfg.steps) if cfg.gan_weight > 0 else cfg.steps + 1
     bar = progress_bar(accelerator, cfg.steps, progress.step, "stage1")
     started, started_step, metrics = time.time(), progress.step, {}
     try:
         while progress.step < cfg.steps:
-            _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
+            _, loader = epoch_loader(run.dataset, run.batches, progress.step, cfg.num_workers)
             for batch in loader:
                 step = progress.step
                 model.train(), disc.train()
@@ -117,8 +103,8 @@ def train(experiment: Experiment, spec: RunSpec) -> dict:
                 if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
                     state.save(accelerator, progress.step)
                 if progress.step % cfg.validate_every == 0 or progress.step == cfg.steps:
-                    metrics = validate(accelerator, accelerator.unwrap_model(model), val_slices, model_cfg.contrasts, cfg,
-                                       tracker, progress.step)
+                    imputer = CodeBrainImputer(accelerator.unwrap_model(model))
+                    metrics = validate(accelerator, imputer, run.val_slices, model_cfg.contrasts, cfg, tracker, progress.step)
                 if progress.step >= cfg.steps:
                     break
     except BaseException:
@@ -126,10 +112,10 @@ def train(experiment: Experiment, spec: RunSpec) -> dict:
         raise
     bar.close()
 
-    if main:
+    if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_checkpoint(spec.out, "stage1", unwrapped.state_dict(), model_cfg, progress.step, metrics,
-                        experiment=section, data=dataset.summary)
+                        experiment=section, data=run.dataset.summary)
         tracker.log_checkpoint(spec.out)
     state.clear(accelerator)
     tracker.finish(spec.run_record)

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import time
 
-import torch
 from accelerate.utils import set_seed
 
-from codebrain.data.dataset import SliceDataset, open_store
 from codebrain.data.nifti import InputError
+from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.models.config import ModelConfig
 from codebrain.models.prior import CodePrior
-from codebrain.tracking import Tracker
 from codebrain.training.cache_codes import load_stage1
-from codebrain.training.checkpoints import ResumeState, config_mismatch, save_checkpoint
-from codebrain.training.config import Experiment, config_hash, flatten
-from codebrain.training.loop import (GlobalBatches, Progress, RunSpec, batch_scenario, check_finite, cosine_lr,
-                                     epoch_loader, make_accelerator, make_optimizer, progress_bar, set_lr, validate)
+from codebrain.training.checkpoints import config_mismatch, save_checkpoint
+from codebrain.training.config import Experiment
+from codebrain.training.loop import (Progress, RunSpec, batch_scenario, check_finite, cosine_lr, epoch_loader,
+                                     make_accelerator, make_optimizer, open_run, progress_bar, set_lr, validate)
 
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
@@ -46,26 +44,15 @@ def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint, codes_dir) -
     accelerator.register_for_checkpointing(progress)
 
     section = experiment.to_dict()
-    state = ResumeState(spec.out, config_hash({**section, "stage1": stage1_payload["metrics"]}))
-    last = state.latest()
-    if last is not None:
-        accelerator.load_state(str(last))
-        accelerator.print(f"resumed from {last} at step {progress.step}")
-
-    dataset = SliceDataset(spec.store, "train", model_cfg.contrasts, seed=cfg.seed, codes_dir=codes_dir)
-    val_slices, _ = open_store(spec.store, "val", model_cfg.contrasts)
-    batches = GlobalBatches(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index,
-                            accelerator.num_processes)
-    main = accelerator.is_main_process
-    tracker = Tracker(main, spec.tracking_uri, spec.experiment_name, spec.run_name, spec.tags,
-                      flatten(section) if main else None)
-    tracker.log_dict(section, "config.json")
+    run = open_run(accelerator, spec, section, cfg, model_cfg.contrasts, progress,
+                   resume_key={**section, "stage1": stage1_payload["metrics"]}, codes_dir=codes_dir)
+    state, tracker = run.state, run.tracker
     n = len(model_cfg.contrasts)
     bar = progress_bar(accelerator, cfg.steps, progress.step, "stage2")
     started, started_step, metrics = time.time(), progress.step, {}
     try:
         while progress.step < cfg.steps:
-            _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
+            _, loader = epoch_loader(run.dataset, run.batches, progress.step, cfg.num_workers)
             for batch in loader:
                 step = progress.step
                 prior.train()
@@ -94,8 +81,8 @@ def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint, codes_dir) -
                 if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
                     state.save(accelerator, progress.step)
                 if progress.step % cfg.validate_every == 0 or progress.step == cfg.steps:
-                    metrics = validate(accelerator, stage1, val_slices, model_cfg.contrasts, cfg, tracker, progress.step,
-                                       prior=accelerator.unwrap_model(prior))
+                    imputer = CodeBrainImputer(stage1, accelerator.unwrap_model(prior))
+                    metrics = validate(accelerator, imputer, run.val_slices, model_cfg.contrasts, cfg, tracker, progress.step)
                 if progress.step >= cfg.steps:
                     break
     except BaseException:
@@ -103,7 +90,7 @@ def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint, codes_dir) -
         raise
     bar.close()
 
-    if main:
+    if accelerator.is_main_process:
         save_checkpoint(spec.out, "stage2", accelerator.unwrap_model(prior).state_dict(), model_cfg, progress.step,
                         metrics, experiment=section, stage1=stage1_payload)
         tracker.log_checkpoint(spec.out)

@@ -1,6 +1,7 @@
 # Helpers for the workflow steps: subject discovery, per-subject inputs, parameters.
 import hashlib
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pandas as pd
 
 from codebrain.data import layouts
 from codebrain.data.phantom import FLAVOURS
-from codebrain.training.config import Experiment
+from codebrain.training.config import DirectExperiment, parse_experiment
 
 DATASET = config["dataset"]
 OUT = f"{config['results']}/{DATASET['name']}"
@@ -122,16 +123,32 @@ TRAINING_SOURCES = [f"{folder}/{p.name}" for folder in ("models", "training") fo
 TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "tracking.py"]
 PRIOR_KEYS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss")
 
+DIRECT_EXPERIMENTS = []
 for _name, _section in EXPERIMENTS.items():  # fail at start-up, naming the key, not hours into a job
     try:
-        Experiment.from_dict(_section, CONTRASTS)
+        if isinstance(parse_experiment(_section, CONTRASTS), DirectExperiment):
+            DIRECT_EXPERIMENTS.append(_name)
     except (TypeError, ValueError) as _err:
         raise ValueError(f"config experiments.{_name}: {_err}") from None
+CODEBRAIN_EXPERIMENTS = sorted(set(EXPERIMENTS) - set(DIRECT_EXPERIMENTS))
+
+
+def one_of(names):
+    """Wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+def model_checkpoint(experiment):
+    """What evaluation reads: CodeBrain's Stage II checkpoint, or the direct regressor's."""
+    kind = "direct" if experiment in DIRECT_EXPERIMENTS else "stage2"
+    return f"{OUT}/models/{experiment}/{kind}.pt"
 
 
 def get_experiment_json(name, stage):
     """The part of an experiment a stage uses (Stage I ignores E_prior's keys and the stage2 section)."""
     section = EXPERIMENTS[name]
+    if name in DIRECT_EXPERIMENTS:
+        return json.dumps(section, sort_keys=True)
     model = dict(section.get("model") or {})
     if stage == "stage1":
         model = {k: v for k, v in model.items() if k not in PRIOR_KEYS}
@@ -161,5 +178,6 @@ def get_reference_volumes():
 
 
 def get_final_outputs():
-    imputed = expand(f"{OUT}/imputed/{{experiment}}", experiment=sorted(EXPERIMENTS))
-    return [f"{OUT}/manifest.tsv", f"{OUT}/metrics/summary.csv"] + imputed
+    imputed = expand(f"{OUT}/imputed/{{experiment}}", experiment=CODEBRAIN_EXPERIMENTS)
+    segmentation = [f"{OUT}/segmentation/dice.csv"] if DATASET["labels"] else []
+    return [f"{OUT}/manifest.tsv", f"{OUT}/metrics/summary.csv"] + imputed + segmentation

@@ -4,19 +4,21 @@
 rule evaluate_model:
     input:
         store=f"{OUT}/slices/store.json",
-        model=f"{OUT}/models/{{experiment}}/stage2.pt",
+        model=lambda wildcards: model_checkpoint(wildcards.experiment),
     output:
-        scenarios=f"{OUT}/metrics/{{experiment}}/scenarios.csv",
+        scenarios=report(f"{OUT}/metrics/{{experiment}}/scenarios.csv", caption="../report/scenarios.rst",
+                         category="Imputation metrics", subcategory="{experiment}", labels={"experiment": "{experiment}", "table": "per scenario"}),
         summary=f"{OUT}/metrics/{{experiment}}/summary.csv",
         tables=f"{OUT}/metrics/{{experiment}}/tables.md",
-        exemplars=f"{OUT}/metrics/{{experiment}}/exemplars.png",
+        exemplars=report(f"{OUT}/metrics/{{experiment}}/exemplars.png", caption="../report/exemplars.rst",
+                         category="Exemplars", labels={"experiment": "{experiment}"}),
         record=f"{OUT}/metrics/{{experiment}}/evaluate.run.json",
     params:
         store=lambda wildcards, input: Path(input.store).parent,
         out_dir=lambda wildcards, output: Path(output.summary).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py"),
+        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py", "models/direct.py"),
     log:
         f"{OUT}/logs/evaluate_model/{{experiment}}.log",
     benchmark:
@@ -33,6 +35,8 @@ rule evaluate_model:
 
 
 rule impute_test_subjects:
+    wildcard_constraints:
+        experiment=one_of(CODEBRAIN_EXPERIMENTS),
     input:
         store=f"{OUT}/slices/store.json",
         model=f"{OUT}/models/{{experiment}}/stage2.pt",
@@ -64,7 +68,8 @@ rule compare_experiments:
     input:
         expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS)),
     output:
-        table=f"{OUT}/metrics/summary.csv",
+        table=report(f"{OUT}/metrics/summary.csv", caption="../report/summary.rst", category="Summary",
+                     labels={"table": "all experiments"}),
         markdown=f"{OUT}/metrics/summary.md",
     params:
         summaries=lambda wildcards, input: " ".join(

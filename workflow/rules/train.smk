@@ -1,7 +1,10 @@
-# Slice store -> Stage I (accelerate launch) -> code cache -> Stage II (accelerate launch), per experiment.
+# Slice store -> Stage I (accelerate launch) -> code cache -> Stage II (accelerate launch), per experiment;
+# experiments with method: direct train the direct-regressor baseline instead.
 
 
 rule train_stage1:
+    wildcard_constraints:
+        experiment=one_of(CODEBRAIN_EXPERIMENTS),
     input:
         store=f"{OUT}/slices/store.json",
     output:
@@ -31,6 +34,8 @@ rule train_stage1:
 
 
 rule cache_codes:
+    wildcard_constraints:
+        experiment=one_of(CODEBRAIN_EXPERIMENTS),
     input:
         store=f"{OUT}/slices/store.json",
         stage1=f"{OUT}/models/{{experiment}}/stage1.pt",
@@ -60,6 +65,8 @@ rule cache_codes:
 
 
 rule train_stage2:
+    wildcard_constraints:
+        experiment=one_of(CODEBRAIN_EXPERIMENTS),
     input:
         store=f"{OUT}/slices/store.json",
         stage1=f"{OUT}/models/{{experiment}}/stage1.pt",
@@ -90,3 +97,34 @@ rule train_stage2:
         " --stage1 {input.stage1} --codes {params.codes} --contrasts {params.contrasts}"
         " --config '{params.config}' --experiment {wildcards.experiment} {params.tracking}"
         " --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+
+
+rule train_direct:
+    wildcard_constraints:
+        experiment=one_of(DIRECT_EXPERIMENTS),
+    input:
+        store=f"{OUT}/slices/store.json",
+    output:
+        checkpoint=f"{OUT}/models/{{experiment}}/direct.pt",
+        record=f"{OUT}/models/{{experiment}}/direct.run.json",
+    params:
+        launch=get_launch_args,
+        config=lambda wildcards: get_experiment_json(wildcards.experiment, "train"),
+        store=lambda wildcards, input: Path(input.store).parent,
+        contrasts=" ".join(CONTRASTS),
+        tracking=get_tracking_args,
+        code=source_hash(*TRAINING_SOURCES),
+    log:
+        f"{OUT}/logs/train_direct/{{experiment}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_direct/{{experiment}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        gpu=config["training"]["gpus"],
+        mem_mb=config["training"]["mem_mb"],
+    conda:
+        "../../envs/codebrain.yaml"
+    shell:
+        "accelerate launch {params.launch} -m codebrain.cli train-direct --store {params.store}"
+        " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
+        " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
