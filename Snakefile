@@ -20,6 +20,18 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/segmentation.smk"
 
 
+onstart:
+    start_invocation(log)
+
+
+onsuccess:
+    end_invocation("FINISHED")
+
+
+onerror:
+    end_invocation("FAILED")
+
+
 rule all:
     input:
         get_final_outputs(),

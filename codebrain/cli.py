@@ -183,8 +183,8 @@ def cmd_evaluate(args):
     from codebrain.tracking import Tracker, tracking_uri
 
     out_dir = Path(args.out_dir)
-    means = evaluate(Path(args.model), Path(args.store), out_dir, args.split)
-    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, f"evaluate/{args.experiment}",
+    means = evaluate(Path(args.model), Path(args.store), out_dir, args.split, args.batch_size)
+    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, f"evaluate_model/{args.experiment}",
                       {"rule": "evaluate_model", "dataset": args.dataset, "experiment": args.experiment,
                        "split": args.split})
     for _, row in means.iterrows():
@@ -308,6 +308,16 @@ def cmd_evaluate_segmentation(args):
     print(markdown_table(table))
 
 
+def cmd_with_gpus(args):
+    from codebrain.gpus import run_with_gpus
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise InputError("with-gpus: no command given (codebrain with-gpus --count N -- COMMAND ...)")
+    devices = args.devices.split(",") if args.devices else None
+    return run_with_gpus(args.count, command, devices, Path(args.lock_dir) if args.lock_dir else None)
+
+
 def cmd_model_size(args):
     from codebrain.models.complexity import complexity, format_table
 
@@ -406,6 +416,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", required=True, help="code cache folder (cache-codes)")
     p.set_defaults(func=cmd_train_stage2)
 
+    p = sub.add_parser("with-gpus", help="run a command on N GPUs no other job on this machine holds "
+                                         "(CUDA_VISIBLE_DEVICES); how training rules share a GPU machine")
+    p.add_argument("--count", type=int, required=True, help="GPUs to claim (0: run on the CPU)")
+    p.add_argument("--devices", help="device indices to choose from (default: CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    p.add_argument("--lock-dir", help="where the per-device lock files live (default: a folder in the temp dir)")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.set_defaults(func=cmd_with_gpus)
+
     p = sub.add_parser("train-segmenter", help="2D tumour U-Net (MONAI) on the real full-contrast training slices")
     add_run_arguments(p)
     p.set_defaults(func=cmd_train_segmenter)
@@ -427,6 +445,7 @@ def parser() -> argparse.ArgumentParser:
     add_run_arguments(p, training=False)
     p.add_argument("--model", required=True, help="Stage II or direct-regressor checkpoint")
     p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -465,7 +484,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except InputError as err:
         print(f"codebrain {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -476,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"codebrain {args.command}: error: {err}", file=sys.stderr)
         return 3
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

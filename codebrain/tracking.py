@@ -16,10 +16,15 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from codebrain.data.nifti import write_atomic
+
+
+PARENT_RUN_VARIABLE = "CODEBRAIN_PARENT_RUN_ID"  # our own variable: MLFLOW_RUN_ID would be resumed, not nested
 
 
 def tracking_uri(configured: str | None, results: str | Path) -> str:
@@ -43,6 +48,96 @@ def sqlite_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # else MLflow 3's UI opens on GenAI traces
+RUN_NOTES = {  # the run page's description: what the run is and which metric to look at first
+    "workflow": "One `snakemake` invocation: every job it ran is a nested run below.",
+    "train_stage1": "Stage I: E_posterior, quantiser, E_s, D_a against a PatchGAN. "
+                    "Headline: val/psnr_stage1 (reconstruction from the true code, dB).",
+    "cache_codes": "Stage I codes of every train/val slice. Headline: train/codes_used, train/perplexity.",
+    "train_stage2": "Stage II: E_prior predicts every contrast's code. "
+                    "Headline: val/psnr_stage2 (imputation, dB), val/code_accuracy.",
+    "train_direct": "Baseline: the direct regressor (masked stack -> all contrasts). Headline: val/psnr_direct (dB).",
+    "evaluate_model": "Every scenario on the test split. Headline: test/all/<method>/psnr (dB).",
+    "impute_test_subjects": "Imputed NIfTI volumes of the test subjects (paths in imputed.tsv).",
+    "train_segmenter": "Tumour U-Net on real full-contrast slices. Headline: val/dice_wt_2d.",
+    "evaluate_segmentation": "Whole-tumour Dice with one contrast missing. Headline: test/<method>/dice_3d.",
+}
+
+
+def provenance() -> dict:
+    """Where a run ran: host and Snakemake version (the git commit is tagged by the callers that know it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        snakemake_version = version("snakemake")
+    except PackageNotFoundError:
+        snakemake_version = "none"
+    return {"host": socket.gethostname(), "snakemake_version": snakemake_version}
+
+
+def notes(tags: dict) -> dict:
+    note = RUN_NOTES.get(tags.get("rule", ""))
+    return {"mlflow.note.content": note} if note else {}
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail now, not after hours of training, when an MLflow server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise ConnectionError(f"MLflow server {uri} is not reachable ({getattr(err, 'reason', err)}); start it, "
+                              f"or set tracking.uri to another server (empty: a SQLite file in results/)") from None
+
+
+def experiment_id(client, uri: str, experiment: str) -> str:
+    """The experiment's id, created on first use. A SQLite store keeps its artefacts beside the
+    database (MLflow's default is ./mlruns under whatever directory the job happens to run in)."""
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return found.experiment_id
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+
+
+def start_parent_run(uri: str, experiment: str, run_name: str, tags: dict, config: dict) -> str:
+    """The run that groups one workflow invocation's job runs (their mlflow.parentRunId); returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    locked = sqlite_lock(uri) if uri.startswith("sqlite:///") else nullcontext()
+    with locked:
+        client = MlflowClient(uri)
+        run = client.create_run(experiment_id(client, uri, experiment), run_name=run_name,
+                                tags={k: str(v) for k, v in {**provenance(), **notes(tags), **tags}.items()})
+        client.log_dict(run.info.run_id, config, "config.json")
+    return run.info.run_id
+
+
+def open_invocation(uri: str, experiment: str, tags: dict, config: dict) -> str:
+    """A workflow invocation's parent run; its id goes to the jobs through the environment."""
+    check_reachable(uri)
+    run_id = start_parent_run(uri, experiment, f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S')}", tags, config)
+    os.environ[PARENT_RUN_VARIABLE] = run_id  # inherited by every job the invocation starts
+    print(f"MLflow: run {run_id} in experiment {experiment!r} at {uri}")
+    return run_id
+
+
+def close_invocation(uri: str, status: str) -> None:
+    run_id = os.environ.get(PARENT_RUN_VARIABLE)
+    if run_id:
+        from mlflow.tracking import MlflowClient
+
+        with sqlite_lock(uri) if uri.startswith("sqlite:///") else nullcontext():
+            MlflowClient(uri).set_terminated(run_id, status)
+
+
 class Tracker:
     """A thin MLflow run; a disabled Tracker (non-main processes) does nothing."""
 
@@ -55,11 +150,12 @@ class Tracker:
 
         self.mlflow = mlflow
         self.locked = (lambda: sqlite_lock(uri)) if uri.startswith("sqlite:///") else nullcontext
-        parent = os.environ.get("CODEBRAIN_PARENT_RUN_ID")  # our own variable: MLFLOW_RUN_ID would be resumed
-        run_tags = dict(tags or {}, **({"mlflow.parentRunId": parent} if parent else {}))
+        parent = os.environ.get(PARENT_RUN_VARIABLE)
+        run_tags = {**provenance(), **notes(tags or {}), **(tags or {}),
+                    **({"mlflow.parentRunId": parent} if parent else {})}
         with self.locked():
             mlflow.set_tracking_uri(uri)
-            mlflow.set_experiment(experiment)
+            mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(uri), uri, experiment))
             self.run = mlflow.start_run(run_name=run_name, tags={k: str(v) for k, v in run_tags.items()})
             self.run_id = self.run.info.run_id
             if params:

@@ -344,3 +344,19 @@ def test_parallel_jobs_share_one_sqlite_store(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2", "job3"]
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 15 for r in runs)
+
+
+def test_sqlite_artefacts_live_beside_the_database(tmp_path):
+    """Not in ./mlruns of whatever directory a job runs in (MLflow's default for a SQLite store)."""
+    from mlflow.tracking import MlflowClient
+
+    store, elsewhere = tmp_path / "results", tmp_path / "cwd"
+    elsewhere.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    job = ("import sys, pathlib; from codebrain.tracking import Tracker; t = Tracker(True, sys.argv[1], 'where', 'job'); "
+           "pathlib.Path('note.txt').write_text('hello'); t.log_artifact('note.txt'); t.finish(None)")
+    subprocess.run([sys.executable, "-c", job, uri], cwd=elsewhere, check=True)
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("where").experiment_id])[0]
+    assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
+    assert (store / "mlartifacts").exists() and sorted(p.name for p in elsewhere.iterdir()) == ["note.txt"]

@@ -16,11 +16,26 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
 TINY_BRATS = REPO / "tests" / "config" / "tiny-brats.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--cores", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workflow_copy(tmp_path_factory):
+    """These tests run a copy of the workflow and package sources, so one can edit a source file
+    (the code rerun trigger) without touching the repository; jobs run the installed package."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("workflow-copy")
+    for part in ("workflow", "config", "envs", "codebrain"):
+        shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
+    SNAKEMAKE[3:3] = ["-s", str(copy / "Snakefile")]
+    yield copy
+    del SNAKEMAKE[3:5]
 
 
 def snakemake(workdir, *args, configfile=TINY, check=True):
-    result = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
+    result = subprocess.run(SNAKEMAKE + ["-d", str(workdir), *args, "--configfile", str(configfile)],
                             capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
@@ -29,7 +44,7 @@ def snakemake(workdir, *args, configfile=TINY, check=True):
 
 def planned_jobs(workdir, *args, configfile=TINY) -> dict[str, int]:
     """Job counts per rule from a dry run."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
+    out = snakemake(workdir, *args, "-n", "--quiet", "rules", configfile=configfile)
     text = out.stdout + out.stderr
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M) if m[1] != "total"}
 
@@ -119,6 +134,65 @@ def test_changed_training_parameter_reruns_that_stage_and_after(workdir, tmp_pat
     assert planned_jobs(path, configfile=changed) == rerun
 
 
+def test_changed_evaluation_parameter_reruns_only_evaluation(workdir, tmp_path):
+    path, _ = workdir
+    changed = changed_config(tmp_path, lambda c: c.setdefault("evaluation", {}).update(split="val"))
+    assert planned_jobs(path, configfile=changed) == {"evaluate_model": EXPERIMENTS + 1, "impute_test_subjects": EXPERIMENTS,
+                                                      "compare_experiments": 1, "all": 1}
+
+
+def test_edited_model_source_reruns_training_not_preprocessing(workdir, workflow_copy):
+    """An edited model file: every training step and what follows, but no registration or slicing."""
+    path, _ = workdir
+    source = workflow_copy / "codebrain" / "models" / "fsq.py"
+    original = source.read_text()
+    source.write_text(original + "\n# an edit\n")
+    try:
+        planned = planned_jobs(path)
+    finally:
+        source.write_text(original)
+    assert planned == {"train_stage1": EXPERIMENTS, "cache_codes": EXPERIMENTS, "train_stage2": EXPERIMENTS,
+                       "train_direct": 1, "evaluate_model": EXPERIMENTS + 1, "impute_test_subjects": EXPERIMENTS,
+                       "compare_experiments": 1, "all": 1}
+    assert planned_jobs(path) == {}
+
+
+def test_killed_training_job_resumes_from_its_checkpoint(workdir, tmp_path):
+    """Kill Snakemake and its training job mid-run: nothing looks finished, and the rerun picks the
+    job up from its last Accelerate checkpoint instead of step 0."""
+    import shutil
+    import signal
+
+    path = tmp_path / "killed"
+    shutil.copytree(workdir[0], path, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    config = yaml.safe_load(TINY.read_text())
+    config["experiments"]["codebrain"]["stage1"] = {"steps": 400, "batch_size": 4, "checkpoint_every": 20,
+                                                    "validate_every": 400, "log_every": 20}
+    configfile = tmp_path / "long.yaml"
+    configfile.write_text(yaml.safe_dump(json.loads(json.dumps(config))))
+    target = "results/tiny/models/codebrain/stage1.pt"
+    state = path / f"{target}.state"
+    shutil.rmtree(state, ignore_errors=True)
+    output = open(tmp_path / "snakemake.out", "w")
+    process = subprocess.Popen(SNAKEMAKE + ["-d", str(path), target, "--configfile", str(configfile)],
+                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(state.glob("checkpoint-*")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    assert process.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(state.glob("checkpoint-*")), "no checkpoint was written before the kill"
+    assert not (path / target).exists(), "the job finished before it could be killed"
+    snakemake(path, "--unlock", configfile=configfile)
+    assert planned_jobs(path, target, configfile=configfile) == {"train_stage1": 1}
+    snakemake(path, target, configfile=configfile)
+    log = (path / "results/tiny/logs/train_stage1/codebrain.log").read_text()
+    resumed = re.search(r"resumed from \S+checkpoint-(\d+) at step (\d+)", log)
+    assert resumed and int(resumed[2]) >= 20, log[-2000:]
+    assert (path / target).exists() and not state.exists()
+
+
 def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
     path, _ = workdir
     changed = changed_config(tmp_path, lambda c: c["slices"].update(size=48))
@@ -134,8 +208,12 @@ def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
     (lambda c: c["dataset"].update(reference="FLAIR"), r"dataset.reference: FLAIR is not one of dataset.contrasts"),
     (lambda c: c["experiments"]["codebrain"]["model"].update(widht=8), r"experiments.codebrain: model: unknown keys \['widht'\]"),
     (lambda c: c["experiments"]["codebrain"].update(protocol="preprint"), r"'preprint' is not one of"),
+    (lambda c: c.update(tracking={"uri": "http://127.0.0.1:9"}), r"tracking.uri: MLflow server http://127.0.0.1:9 is not reachable"),
+    (lambda c: c.update(training={"gpus": 64}), r"training.gpus: 64 GPUs per job, but this machine has"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):
+    """Schema errors when Snakemake parses the config; a GPU count this machine lacks or an MLflow server that
+    does not answer at start-up: all before the first job."""
     config = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
     edit(config)
     bad = tmp_path / "bad.yaml"
@@ -174,9 +252,18 @@ def test_every_model_step_is_an_mlflow_run(workdir):
     path, _ = workdir
     client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = {run.info.run_id: run for run in runs if run.data.tags["rule"] == "workflow"}
+    jobs = [run for run in runs if run.data.tags["rule"] != "workflow"]
+    assert all(run.data.tags.get("mlflow.parentRunId") in parents for run in jobs), "every job run is nested"
+    first = min(parents.values(), key=lambda run: run.info.start_time).info.run_id
+    trained_first = {run.data.tags["experiment"] for run in jobs
+                     if run.data.tags["rule"] == "train_stage1" and run.data.tags["mlflow.parentRunId"] == first}
+    assert trained_first == {"codebrain", "ce"}, "the first invocation's parent holds both trainings"
+    assert all(run.data.tags["host"] and run.data.tags["snakemake_version"] for run in runs)
+    assert all(run.info.status == "FINISHED" for run in parents.values())
     per_rule = {}
-    for run in runs:
-        per_rule.setdefault(run.data.tags["rule"], set()).add(run.data.tags["experiment"])
+    for run in jobs:
+        per_rule.setdefault(run.data.tags["rule"], set()).add(run.data.tags.get("experiment"))
     for rule in ("train_stage1", "cache_codes", "train_stage2", "evaluate_model", "impute_test_subjects"):
         assert per_rule.get(rule) == {"codebrain", "ce"} | ({"direct"} if rule == "evaluate_model" else set()), rule
     assert per_rule.get("train_direct") == {"direct"}
@@ -274,20 +361,53 @@ def test_impute_names_a_missing_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def brats_workdir(tmp_path_factory):
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, artefacts proxied), as a lab would run it."""
+    import socket
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        raise RuntimeError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def brats_workdir(tmp_path_factory, mlflow_server):
+    """The tiny BraTS-like DAG, tracked on the MLflow server over HTTP."""
     workdir = tmp_path_factory.mktemp("tiny-brats-dag")
-    planned = planned_jobs(workdir, configfile=TINY_BRATS)
-    snakemake(workdir, configfile=TINY_BRATS)
-    return workdir, planned
+    config = yaml.safe_load(TINY_BRATS.read_text())
+    config["tracking"] = {"uri": mlflow_server}
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(json.loads(json.dumps(config))))
+    planned = planned_jobs(workdir, configfile=configfile)
+    snakemake(workdir, configfile=configfile)
+    return workdir, planned, configfile, mlflow_server
 
 
 def test_labelled_dataset_adds_the_segmentation_branch(brats_workdir):
     """BraTS-like phantom: no registration (co-registered data), a segmenter, Dice for every 3 -> 1
     scenario with the contrast zero-filled, imputed by each experiment, or real; logged to MLflow."""
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
-    path, planned = brats_workdir
+    path, planned, configfile, uri = brats_workdir
     assert "register_subject" not in planned
     assert planned["train_segmenter"] == 1 and planned["evaluate_segmentation"] == 1
     out = path / "results" / "tiny-brats"
@@ -298,8 +418,49 @@ def test_labelled_dataset_adds_the_segmentation_branch(brats_workdir):
     assert (dice[dice.method == "all real"].dice_3d_vs_full == 1).all()
     scenarios = pd.read_csv(out / "metrics" / "codebrain" / "scenarios.csv", dtype={"scenario": str})
     assert len(scenarios[scenarios.method == "CodeBrain"]) == 28  # 14 scenarios for 4 contrasts
-    client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
+    assert planned_jobs(path, configfile=configfile) == {}
+
+
+def test_every_rule_is_on_the_mlflow_server(brats_workdir):
+    """Over HTTP: every model step's run, with its metrics and artefacts, under one parent run."""
+    from mlflow.tracking import MlflowClient
+
+    path, planned, _, uri = brats_workdir
+    assert not (path / "results" / "mlflow.db").exists(), "nothing should bypass the server"
+    client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny-brats").experiment_id])
-    rules = {run.data.tags["rule"] for run in runs}
-    assert {"train_segmenter", "evaluate_segmentation", "train_direct"} <= rules
-    assert planned_jobs(path, configfile=TINY_BRATS) == {}
+    by_rule = {}
+    for run in runs:
+        by_rule.setdefault(run.data.tags["rule"], []).append(run)
+    expected = {"workflow": 1, "train_stage1": 1, "cache_codes": 1, "train_stage2": 1, "train_direct": 1,
+                "evaluate_model": 2, "impute_test_subjects": 1, "train_segmenter": 1, "evaluate_segmentation": 1}
+    assert {rule: len(found) for rule, found in by_rule.items()} == expected
+    parent = by_rule["workflow"][0].info.run_id
+    assert all(run.data.tags["mlflow.parentRunId"] == parent for rule, found in by_rule.items() if rule != "workflow"
+               for run in found)
+    stage2 = by_rule["train_stage2"][0]
+    assert "val/psnr_stage2" in stage2.data.metrics and stage2.data.params["model.code_dim"] == "3"
+    assert {a.path for a in client.list_artifacts(stage2.info.run_id)} >= {"config.json", "checkpoint"}
+    segmentation = by_rule["evaluate_segmentation"][0]
+    assert {a.path for a in client.list_artifacts(segmentation.info.run_id)} >= {"dice.csv", "dice.md"}
+    assert any(k.endswith("/dice_3d") for k in segmentation.data.metrics)
+
+
+def test_an_up_to_date_invocation_adds_no_run(workdir):
+    from mlflow.tracking import MlflowClient
+
+    path, _ = workdir
+    client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    before = len(client.search_runs([experiment]))
+    result = snakemake(path)
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert len(client.search_runs([experiment])) == before
+
+
+def test_local_profile_plans_the_dag(workdir, tmp_path):
+    path, _ = workdir
+    changed = changed_config(tmp_path, lambda c: c["experiments"]["codebrain"]["stage2"].update(steps=5))
+    result = snakemake(path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / "local"), "-p",
+                       configfile=changed)
+    assert "train-stage2" in result.stdout and "with-gpus --count 0" in result.stdout

@@ -6,12 +6,15 @@ from functools import cache
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 
 from codebrain.data import layouts
 from codebrain.data.phantom import FLAVOURS
+from codebrain.tracking import tracking_uri
 from codebrain.training.config import DirectExperiment, parse_experiment
 
 DATASET = config["dataset"]
+TRACKING_URI = tracking_uri(config["tracking"]["uri"], config["results"])
 OUT = f"{config['results']}/{DATASET['name']}"
 CONTRASTS = DATASET["contrasts"]
 REFERENCE = DATASET["reference"]
@@ -19,6 +22,7 @@ RAW_KINDS = CONTRASTS + (["seg"] if DATASET["labels"] else [])
 REGISTER = config["registration"]["method"] != "none"
 SPLITS = ["train", "val", "test"]
 PACKAGE = Path(workflow.basedir) / "codebrain"
+ACCELERATE_CONFIGS = Path(workflow.basedir) / "config" / "accelerate"
 
 if REFERENCE not in CONTRASTS:
     raise ValueError(f"config dataset.reference: {REFERENCE} is not one of dataset.contrasts {CONTRASTS}")
@@ -156,15 +160,43 @@ def get_experiment_json(name, stage):
                        stage: section.get(stage) or {}}, sort_keys=True)
 
 
+ONE_GPU = min(1, config["training"]["gpus"])  # evaluation, imputation and segmentation jobs: one GPU when training uses GPUs
+
+
 def get_launch_args(wildcards, resources):
-    """accelerate launch options: one process per GPU; on the CPU, training.cpu_processes (MULTI_CPU when > 1)."""
+    """accelerate launch options, config/accelerate/ (single or multi): one process per GPU; on the CPU,
+    training.cpu_processes."""
     gpus = int(resources.gpu)
-    if gpus > 0:
-        multi = "--multi_gpu " if gpus > 1 else ""
-        return f"{multi}--num_processes {gpus} --num_machines 1 --mixed_precision bf16 --dynamo_backend no --main_process_port 0"
-    processes = config["training"]["cpu_processes"]
-    multi = "--multi_gpu" if processes > 1 else "--cpu"
-    return f"{multi} --num_processes {processes} --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port 0"
+    processes = gpus or config["training"]["cpu_processes"]
+    setup = "multi" if processes > 1 else "single"
+    return (f"--config_file {ACCELERATE_CONFIGS}/{setup}.yaml --num_processes {processes}"
+            + (" --cpu" if gpus == 0 and processes == 1 else ""))
+
+
+def start_invocation(log):
+    """onstart (only when there are jobs to run): refuse a GPU count this machine lacks or an MLflow server
+    that does not answer, before any job; then open the parent MLflow run that the job runs nest under."""
+    from codebrain.gpus import machine_gpus
+    from codebrain.tracking import open_invocation
+    from codebrain.training.checkpoints import git_commit
+    from codebrain.training.config import config_hash
+
+    gpus = config["training"]["gpus"]
+    if workflow.local_exec and gpus > len(machine_gpus()):
+        raise WorkflowError(f"config training.gpus: {gpus} GPUs per job, but this machine has {len(machine_gpus())}")
+    tags = {"rule": "workflow", "config_hash": config_hash(config), "git_commit": git_commit(),
+            "targets": " ".join(map(str, workflow.dag.targetfiles)) or "all",
+            "jobs": sum(1 for _ in workflow.dag.needrun_jobs())}
+    try:
+        open_invocation(TRACKING_URI, DATASET["name"], tags, config)
+    except ConnectionError as err:
+        raise WorkflowError(f"config tracking.uri: {err}") from None
+
+
+def end_invocation(status):
+    from codebrain.tracking import close_invocation
+
+    close_invocation(TRACKING_URI, status)
 
 
 def get_tracking_args(wildcards):

@@ -17,6 +17,8 @@ rule evaluate_model:
         store=lambda wildcards, input: Path(input.store).parent,
         out_dir=lambda wildcards, output: Path(output.summary).parent,
         contrasts=" ".join(CONTRASTS),
+        split=config["evaluation"]["split"],
+        batch_size=config["evaluation"]["batch_size"],
         tracking=get_tracking_args,
         code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py", "models/direct.py"),
     log:
@@ -25,11 +27,13 @@ rule evaluate_model:
         f"{OUT}/benchmarks/evaluate_model/{{experiment}}.tsv"
     threads: config["training"]["threads"]
     resources:
+        gpu=ONE_GPU,
         mem_mb=config["training"]["mem_mb"],
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain evaluate --model {input.model} --store {params.store} --split test --out-dir {params.out_dir}"
+        "codebrain with-gpus --count {resources.gpu} -- codebrain evaluate --model {input.model} --store {params.store}"
+        " --split {params.split} --batch-size {params.batch_size} --out-dir {params.out_dir}"
         " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
         " --run-record {output.record} > {log} 2>&1"
 
@@ -47,6 +51,7 @@ rule impute_test_subjects:
         store=lambda wildcards, input: Path(input.store).parent,
         references=lambda wildcards: json.dumps(get_reference_volumes()),
         contrasts=" ".join(CONTRASTS),
+        split=config["evaluation"]["split"],
         tracking=get_tracking_args,
         code=source_hash("evaluation/impute.py", "evaluation/volumes.py"),
     log:
@@ -55,12 +60,13 @@ rule impute_test_subjects:
         f"{OUT}/benchmarks/impute_test_subjects/{{experiment}}.tsv"
     threads: config["training"]["threads"]
     resources:
+        gpu=ONE_GPU,
         mem_mb=config["training"]["mem_mb"],
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
-        " --references '{params.references}' --split test --experiment {wildcards.experiment} {params.tracking}"
+        "codebrain with-gpus --count {resources.gpu} -- codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
+        " --references '{params.references}' --split {params.split} --experiment {wildcards.experiment} {params.tracking}"
         " --out-dir {output} > {log} 2>&1"
 
 

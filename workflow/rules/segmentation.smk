@@ -19,12 +19,12 @@ rule train_segmenter:
         f"{OUT}/benchmarks/train_segmenter.tsv"
     threads: config["training"]["threads"]
     resources:
-        gpu=min(1, config["training"]["gpus"]),
+        gpu=ONE_GPU,
         mem_mb=config["training"]["mem_mb"],
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain train-segmenter --store {params.store} --contrasts {params.contrasts} --config '{params.config}'"
+        "codebrain with-gpus --count {resources.gpu} -- codebrain train-segmenter --store {params.store} --contrasts {params.contrasts} --config '{params.config}'"
         " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
 
 
@@ -43,6 +43,7 @@ rule evaluate_segmentation:
         store=lambda wildcards, input: Path(input.store).parent,
         out_dir=lambda wildcards, output: Path(output.table).parent,
         contrasts=" ".join(CONTRASTS),
+        split=config["evaluation"]["split"],
         tracking=get_tracking_args,
         code=source_hash("evaluation/segmentation.py", "evaluation/scenarios.py"),
     log:
@@ -51,10 +52,11 @@ rule evaluate_segmentation:
         f"{OUT}/benchmarks/evaluate_segmentation.tsv"
     threads: config["training"]["threads"]
     resources:
+        gpu=ONE_GPU,
         mem_mb=config["training"]["mem_mb"],
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain evaluate-segmentation --segmenter {input.segmenter} {params.models} --store {params.store}"
-        " --contrasts {params.contrasts} {params.tracking} --out-dir {params.out_dir}"
+        "codebrain with-gpus --count {resources.gpu} -- codebrain evaluate-segmentation --segmenter {input.segmenter} {params.models} --store {params.store}"
+        " --contrasts {params.contrasts} --split {params.split} {params.tracking} --out-dir {params.out_dir}"
         " --run-record {output.record} > {log} 2>&1"

@@ -28,7 +28,8 @@ rule train_stage1:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "accelerate launch {params.launch} -m codebrain.cli train-stage1 --store {params.store}"
+        "codebrain with-gpus --count {resources.gpu} --"
+        " accelerate launch {params.launch} -m codebrain.cli train-stage1 --store {params.store}"
         " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
         " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
 
@@ -55,11 +56,12 @@ rule cache_codes:
         f"{OUT}/benchmarks/cache_codes/{{experiment}}.tsv"
     threads: config["training"]["threads"]
     resources:
+        gpu=ONE_GPU,
         mem_mb=config["training"]["mem_mb"],
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain cache-codes --store {params.store} --stage1 {input.stage1} --out-dir {params.out_dir}"
+        "codebrain with-gpus --count {resources.gpu} -- codebrain cache-codes --store {params.store} --stage1 {input.stage1} --out-dir {params.out_dir}"
         " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
         " --run-record {output.record} > {log} 2>&1"
 
@@ -93,7 +95,8 @@ rule train_stage2:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "accelerate launch {params.launch} -m codebrain.cli train-stage2 --store {params.store}"
+        "codebrain with-gpus --count {resources.gpu} --"
+        " accelerate launch {params.launch} -m codebrain.cli train-stage2 --store {params.store}"
         " --stage1 {input.stage1} --codes {params.codes} --contrasts {params.contrasts}"
         " --config '{params.config}' --experiment {wildcards.experiment} {params.tracking}"
         " --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
@@ -125,6 +128,7 @@ rule train_direct:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "accelerate launch {params.launch} -m codebrain.cli train-direct --store {params.store}"
+        "codebrain with-gpus --count {resources.gpu} --"
+        " accelerate launch {params.launch} -m codebrain.cli train-direct --store {params.store}"
         " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
         " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"

@@ -1,0 +1,185 @@
+"""Training-step speed of CodeBrain's two stages per variant: samples/s, achieved TFLOP/s, peak memory.
+
+    python bench/bench_training.py                                   # paper size: 256 x 256, batch 48 (a GPU)
+    python bench/bench_training.py --size 64 --batch 8 --model tiny  # a CPU smoke run
+
+Stage I is one generator step as codebrain/training/stage1.py takes it (E_posterior, FSQ, E_s,
+D_a, PSNR loss, PatchGAN on [real; fake] and the adversarial term); Stage II is E_prior with the
+grading loss on codes. TFLOP/s counts the forward FLOPs (torch's FlopCounterMode) times 3 for
+forward + backward. Variants add up left to right: fp32, bf16 autocast, channels_last,
+torch.compile, fused Adam; "checkpointing" is bf16 + channels_last with every NAFBlock run under
+activation checkpointing (memory for time). Writes bench/training-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+from codebrain.models.config import ModelConfig
+from codebrain.models.losses import psnr_loss
+from codebrain.models.nafnet import NAFBlock
+from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
+from codebrain.models.prior import CodePrior
+from codebrain.models.reconstructor import Reconstructor
+
+TINY = {"width": 8, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks": 1, "prior_width": 8,
+        "prior_enc_blocks": [1, 1], "prior_middle_blocks": 1, "disc_width": 8}
+VARIANTS = {
+    "fp32": set(),
+    "bf16": {"bf16"},
+    "bf16+channels_last": {"bf16", "channels_last"},
+    "bf16+channels_last+compile": {"bf16", "channels_last", "compile"},
+    "bf16+channels_last+compile+fused_adam": {"bf16", "channels_last", "compile", "fused_adam"},
+    "bf16+channels_last+checkpointing": {"bf16", "channels_last", "checkpointing"},
+}
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> None:
+    """Recompute every NAFBlock in the backward pass instead of keeping its activations."""
+    for block in [m for m in model.modules() if isinstance(m, NAFBlock)]:
+        forward = block.forward
+        block.forward = lambda x, forward=forward: checkpoint(forward, x, use_reentrant=False)
+
+
+class Stage1Step:
+    def __init__(self, cfg: ModelConfig, options: set, device):
+        n = len(cfg.contrasts)
+        self.model = Reconstructor(cfg).to(device)
+        self.disc = PatchDiscriminator(1, cfg.disc_width, cfg.disc_layers).to(device)
+        self.networks = [self.model, self.disc]
+        self.optimisers = [torch.optim.Adam(m.parameters(), lr=1e-4, fused="fused_adam" in options)
+                           for m in self.networks]
+        self.n = n
+
+    def __call__(self, image, mask, anchor):
+        opt_g, opt_d = self.optimisers
+        reconstruction, _, quantiser_loss = self.model(image, mask, anchor)
+        target = image[torch.arange(len(image), device=image.device), anchor][:, None]
+        logits = self.disc(torch.cat([target, reconstruction.detach()]))
+        real, fake = logits.chunk(2)
+        disc_loss = 0.5 * (adversarial_loss(real, True) + adversarial_loss(fake, False))
+        opt_d.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        opt_d.step()
+        loss = psnr_loss(reconstruction, target) + quantiser_loss + adversarial_loss(self.disc(reconstruction), True)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+
+
+class Stage2Step:
+    def __init__(self, cfg: ModelConfig, options: set, device):
+        self.prior = CodePrior(cfg).to(device)
+        self.networks = [self.prior]
+        self.optimisers = [torch.optim.Adam(self.prior.parameters(), lr=1e-4, fused="fused_adam" in options)]
+
+    def __call__(self, image, mask, codes):
+        loss = self.prior.loss(self.prior(image * mask[:, :, None, None]), codes)
+        self.optimisers[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimisers[0].step()
+
+
+def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
+    """FLOPs of one step's forward passes, counted on the meta device."""
+    n = len(cfg.contrasts)
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        image, mask = torch.zeros(batch, n, size, size), torch.ones(batch, n, dtype=torch.bool)
+        if stage == "stage1":
+            model, disc = Reconstructor(cfg), PatchDiscriminator(1, cfg.disc_width, cfg.disc_layers)
+            reconstruction, _, _ = model(image, mask, torch.zeros(batch, dtype=torch.long))
+            disc(torch.cat([reconstruction, reconstruction]))  # D on [real; fake]
+            disc(reconstruction)  # the adversarial term
+        else:
+            CodePrior(cfg)(image)
+    return counter.get_total_flops()
+
+
+def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, steps: int, warmup: int,
+            device) -> dict:
+    torch.manual_seed(0)
+    step = (Stage1Step if stage == "stage1" else Stage2Step)(cfg, options, device)
+    layout = torch.channels_last if "channels_last" in options else torch.contiguous_format
+    for network in step.networks:
+        network.to(memory_format=layout)
+        if "checkpointing" in options:
+            checkpoint_blocks(network)
+    call = torch.compile(step.__call__) if "compile" in options else step.__call__
+    n = len(cfg.contrasts)
+    image = torch.rand(batch, n, size, size, device=device).contiguous(memory_format=layout)
+    mask = torch.rand(batch, n, device=device) > 0.5
+    mask[:, 0] = True
+    if stage == "stage1":
+        extra = torch.randint(0, n, (batch,), device=device)
+    else:
+        h = size // cfg.downsampling
+        levels = torch.tensor(cfg.levels, device=device)[None, None, :, None, None]
+        extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
+    autocast = torch.autocast(device.type, torch.bfloat16) if "bf16" in options else nullcontext()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        with autocast:
+            call(image, mask, extra)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    samples_per_s = steps * batch / seconds
+    flops = 3 * forward_flops(stage, cfg, batch, size) * steps / seconds
+    return {"stage": stage, "samples_per_s": samples_per_s, "tflops": flops / 1e12,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="config/models/paper.yaml", help="a model YAML, or 'tiny'")
+    parser.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--stages", nargs="+", default=["stage1", "stage2"], choices=["stage1", "stage2"])
+    args = parser.parse_args(argv)
+    section = TINY if args.model == "tiny" else yaml.safe_load(open(args.model))
+    section = section.get("model", section)
+    cfg = ModelConfig.from_dict({**section, "contrasts": args.contrasts})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    print(f"{'stage':<7} {'variant':<40} {'samples/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}")
+    for stage in args.stages:
+        for name in args.variants:
+            if device.type == "cpu" and VARIANTS[name] & {"bf16", "compile", "fused_adam"}:
+                continue  # GPU variants; on the CPU only fp32 and layout/checkpointing are meaningful
+            row = {"variant": name, **measure(stage, cfg, VARIANTS[name], args.batch, args.size, args.steps,
+                                              args.warmup, device)}
+            rows.append(row)
+            memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
+            print(f"{stage:<7} {name:<40} {row['samples_per_s']:>10.1f} {row['tflops']:>8.2f} {memory:>9}", flush=True)
+    record = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "model": args.model, "size": args.size, "batch": args.batch,
+              "steps": args.steps, "rows": rows}
+    out = Path(__file__).parent / f"training-{device.type}.json"
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""GPU assignment for jobs sharing a machine, checked without a GPU: device indices are just names here."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from codebrain.gpus import GpuClaim
+
+REPORT = ("import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[1])); "
+          "print(json.dumps({'devices': os.environ['CUDA_VISIBLE_DEVICES'], 'start': t0, 'end': time.time()}))")
+
+
+def with_gpus(count, lock_dir, seconds, devices="0,1,2,3,4,5,6,7"):
+    return subprocess.Popen([sys.executable, "-m", "codebrain.cli", "with-gpus", "--count", str(count), "--devices",
+                             devices, "--lock-dir", str(lock_dir), "--", sys.executable, "-c", REPORT, str(seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def report(process):
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_two_concurrent_four_gpu_jobs_get_disjoint_devices(tmp_path):
+    first, second = with_gpus(4, tmp_path, 2), with_gpus(4, tmp_path, 2)
+    a, b = report(first), report(second)
+    assert a["start"] < b["end"] and b["start"] < a["end"], "the two jobs should have run at the same time"
+    devices_a, devices_b = set(a["devices"].split(",")), set(b["devices"].split(","))
+    assert len(devices_a) == len(devices_b) == 4 and not devices_a & devices_b
+
+
+def test_a_job_waits_until_enough_gpus_are_free(tmp_path):
+    holder = with_gpus(6, tmp_path, 2)
+    time.sleep(1.0)
+    waiter = with_gpus(4, tmp_path, 0)  # only 2 free until the holder ends
+    held, waited = report(holder), report(waiter)
+    assert waited["start"] >= held["end"]
+
+
+def test_a_killed_job_frees_its_gpus(tmp_path):
+    holder = with_gpus(8, tmp_path, 60)
+    time.sleep(1.5)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    claim = GpuClaim(8, [str(i) for i in range(8)], tmp_path, wait_s=5)
+    assert len(claim.devices) == 8
+    claim.release()
+
+
+def test_more_gpus_than_the_machine_has_is_refused(tmp_path):
+    result = with_gpus(4, tmp_path, 0, devices="0,1")
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 2 and "asks for 4 GPUs; this machine has 2" in err
+
+
+def test_zero_gpus_hides_every_device(tmp_path):
+    assert report(with_gpus(0, tmp_path, 0))["devices"] == ""
+
+
+def test_no_command_is_an_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "codebrain.cli", "with-gpus", "--count", "1"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "no command given" in result.stderr
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_claims_are_all_or_nothing(tmp_path, count):
+    held = GpuClaim(2, ["0", "1", "2"], tmp_path)
+    if count > 1:
+        with pytest.raises(TimeoutError):
+            GpuClaim(count, ["0", "1", "2"], tmp_path, wait_s=0.5, poll_s=0.1)
+    else:
+        assert GpuClaim(count, ["0", "1", "2"], tmp_path, wait_s=0.5).devices == ["2"]
+    held.release()
