@@ -91,18 +91,19 @@ class Stage2Step:
 
 
 def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
-    """FLOPs of one step's forward passes, counted on the meta device."""
+    """FLOPs of one step's forward passes: counted for one sample on the CPU (FSQ's autocast guard has no
+    meta-device form), times the batch (every layer is per-sample)."""
     n = len(cfg.contrasts)
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        image, mask = torch.zeros(batch, n, size, size), torch.ones(batch, n, dtype=torch.bool)
+    image, mask = torch.zeros(1, n, size, size), torch.ones(1, n, dtype=torch.bool)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         if stage == "stage1":
             model, disc = Reconstructor(cfg), PatchDiscriminator(1, cfg.disc_width, cfg.disc_layers)
-            reconstruction, _, _ = model(image, mask, torch.zeros(batch, dtype=torch.long))
+            reconstruction, _, _ = model(image, mask, torch.zeros(1, dtype=torch.long))
             disc(torch.cat([reconstruction, reconstruction]))  # D on [real; fake]
             disc(reconstruction)  # the adversarial term
         else:
             CodePrior(cfg)(image)
-    return counter.get_total_flops()
+    return counter.get_total_flops() * batch
 
 
 def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, steps: int, warmup: int,

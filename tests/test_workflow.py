@@ -81,6 +81,26 @@ ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1,
                      "train_direct": 1, "compare_experiments": 1, "all": 1}
 
 
+def test_no_job_runs_beside_one_that_takes_every_core(workdir):
+    """--cores 2: a 2-thread training job has the machine to itself (Snakemake 9.15 ran two such jobs at
+    once, each at a tenth of its speed). Replays the first invocation's log: starts and finishes."""
+    path, _ = workdir
+    log = next(text for f in sorted((path / ".snakemake" / "log").glob("*.snakemake.log"))
+               if "Finished jobid" in (text := f.read_text()))
+    running, two_thread_jobs = {}, 0
+    for block in re.split(r"\n(?=\[)", log):
+        finished = re.search(r"^Finished jobid: (\d+)", block, re.M)
+        started = re.search(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)", block + "\n", re.M)
+        if started:
+            threads = int(m[1]) if (m := re.search(r"^    threads: (\d+)", block, re.M)) else 1
+            assert sum(running.values()) + threads <= 2, f"{started[1]} started beside {running}"
+            running[started[2]] = threads
+            two_thread_jobs += threads == 2
+        if finished:
+            running.pop(finished[1])
+    assert two_thread_jobs >= 5  # the trainings, evaluations and imputation
+
+
 def test_changed_raw_file_reruns_only_that_subject(workdir):
     path, _ = workdir
     raw = path / "results" / "tiny" / "raw" / "IXI-PD" / "IXI002-Phantom-0002-PD.nii.gz"

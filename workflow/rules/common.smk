@@ -163,10 +163,10 @@ def get_experiment_json(name, stage):
 ONE_GPU = min(1, config["training"]["gpus"])  # evaluation, imputation and segmentation jobs: one GPU when training uses GPUs
 
 
-def get_launch_args(wildcards, resources):
-    """accelerate launch options, config/accelerate/ (single or multi): one process per GPU; on the CPU,
-    training.cpu_processes."""
-    gpus = int(resources.gpu)
+def launch_args():
+    """accelerate launch options, config/accelerate/ (single or multi): one process per GPU (training.gpus,
+    the training rules' gpu resource); on the CPU, training.cpu_processes."""
+    gpus = config["training"]["gpus"]
     processes = gpus or config["training"]["cpu_processes"]
     setup = "multi" if processes > 1 else "single"
     return (f"--config_file {ACCELERATE_CONFIGS}/{setup}.yaml --num_processes {processes}"
