@@ -24,21 +24,42 @@ def named_files(pairs: list[str]) -> dict[str, Path]:
     return files
 
 
+def step_tracker(args, rule: str, run_name: str, **tags):
+    """The MLflow run of one data or gathering step, nested under the invocation's run like the model
+    steps' runs; disabled when the rule passes no --dataset (a command run by hand)."""
+    from codebrain.tracking import Tracker, git_commit, tracking_uri
+    from codebrain.training.config import config_hash
+
+    if not args.dataset:
+        return Tracker(False)
+    params = {k: v for k, v in vars(args).items() if k not in ("func", "command", "tracking_uri", "results", "dataset")}
+    return Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, run_name,
+                   {"rule": rule, "dataset": args.dataset, **tags, "config_hash": config_hash(params),
+                    "git_commit": git_commit()}, params)
+
+
 def cmd_phantom(args):
     from codebrain.data.phantom import PhantomConfig, make_subject
 
     cfg = PhantomConfig(flavour=args.flavour, n_subjects=args.n_subjects, downsample=args.downsample, seed=args.seed)
     indices = args.index if args.index else range(1, cfg.n_subjects + 1)
     for index in indices:
-        make_subject(index, cfg, Path(args.root))
+        tracker = step_tracker(args, "make_phantom_subject", f"make_phantom_subject/{index}", subject=index)
+        written = make_subject(index, cfg, Path(args.root))
+        tracker.log_dict({name: str(path) for name, path in written.items()}, "files.json")
+        tracker.finish(None)
 
 
 def cmd_check_raw(args):
     from codebrain.data.layouts import discover
     from codebrain.data.manifest import build_manifest
 
+    tracker = step_tracker(args, "check_raw", "check_raw")
     subjects = discover(args.root, args.layout, args.contrasts, args.on_missing, args.labels)
     manifest = build_manifest(subjects, Path(args.out))
+    tracker.log_metrics({"subjects": manifest.subject.nunique(), "files": len(manifest)})
+    tracker.log_artifact(args.out)
+    tracker.finish(None)
     print(f"{args.out}: {manifest.subject.nunique()} subjects, {len(manifest)} files")
 
 
@@ -46,7 +67,13 @@ def cmd_register(args):
     from codebrain.data.registration import register_subject
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    subject = Path(args.out_dir).name
+    tracker = step_tracker(args, "register_subject", f"register_subject/{subject}", subject=subject)
     qc = register_subject(named_files(args.input), args.reference, Path(args.out_dir), args.method, args.seed)
+    tracker.log_metrics({f"{contrast}/{key}": value for contrast, result in qc["contrasts"].items()
+                         for key, value in result.items() if key.startswith("mi_")})
+    tracker.log_artifact(Path(args.out_dir) / "qc.json")
+    tracker.finish(None)
     print(json.dumps(qc))
 
 
@@ -57,8 +84,10 @@ def cmd_extract_slices(args):
     files = named_files(args.input)
     labels = files.pop("seg", None)
     z_range = tuple(args.z_range) if args.z_range else None
+    tracker = step_tracker(args, "extract_slices", f"extract_slices/{args.subject}", subject=args.subject)
     extract_subject(args.subject, files, args.contrasts, cfg, Path(args.out), z_range, labels,
                     require_same_grid=True)
+    tracker.finish(None)
 
 
 def cmd_build_store(args):
@@ -68,8 +97,11 @@ def cmd_build_store(args):
     split_table = pd.read_csv(args.split_table, sep="\t") if args.split_table else None
     fractions = dict(zip(("train", "val", "test"), args.fractions))
     assignment = assign_splits(sorted(subject_files), fractions, args.seed, split_table)
+    tracker = step_tracker(args, "build_slice_store", "build_slice_store")
     summary = build_store(subject_files, assignment, args.contrasts, Path(args.out_dir),
                           slice_config(json.loads(args.config)))
+    tracker.log_artifact(Path(args.out_dir) / "store.json")
+    tracker.finish(None)
     print(json.dumps(summary))
 
 
@@ -123,9 +155,8 @@ def codebrain_experiment(args):
 
 
 def run_spec(args, rule: str):
-    from codebrain.tracking import tracking_uri
+    from codebrain.tracking import git_commit, tracking_uri
     from codebrain.training.config import config_hash
-    from codebrain.training.checkpoints import git_commit
     from codebrain.training.loop import RunSpec
 
     tags = {"rule": rule, "dataset": args.dataset, "experiment": args.experiment,
@@ -250,11 +281,15 @@ def cmd_compare(args):
     from codebrain.data.nifti import write_atomic
     from codebrain.evaluation.evaluate import compare_experiments
 
+    tracker = step_tracker(args, "compare_experiments", "compare_experiments")
     table, markdown = compare_experiments({name: Path(path) for name, path in named_files(args.summary).items()})
     with write_atomic(args.out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(args.markdown) as tmp:
         tmp.write_text(markdown)
+    tracker.log_artifact(args.out)
+    tracker.log_artifact(args.markdown)
+    tracker.finish(None)
     print(markdown)
 
 
@@ -325,15 +360,19 @@ def cmd_model_size(args):
     print(format_table(complexity(experiment.model, args.size), args.size))
 
 
+def add_tracking_arguments(p, dataset: str = ""):
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or SQLite in --results)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--dataset", default=dataset, help="MLflow experiment name" + ("" if dataset else " (none: no MLflow run)"))
+
+
 def add_run_arguments(p, training: bool = True):
     p.add_argument("--store", required=True, help="slice store folder (store.json)")
     p.add_argument("--out", required=training, help="final checkpoint (written only when training completes)")
     p.add_argument("--contrasts", nargs="+", required=True)
     p.add_argument("--config", default="{}", help="experiment section {protocol, model, stage1, stage2}: JSON, or a YAML/JSON file")
     p.add_argument("--run-record", help="JSON with the MLflow run id, written at the end")
-    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or SQLite in --results)")
-    p.add_argument("--results", default="results")
-    p.add_argument("--dataset", default="codebrain", help="MLflow experiment name")
+    add_tracking_arguments(p, dataset="codebrain")
     p.add_argument("--experiment", default="default", help="name of this model variant")
 
 
@@ -348,6 +387,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, action="append", help="only subject number INDEX (repeatable)")
     p.add_argument("--downsample", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    add_tracking_arguments(p)
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("check-raw", help="check every raw volume and write manifest.tsv")
@@ -357,6 +397,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--on-missing", choices=["drop", "fail"], default="drop")
     p.add_argument("--labels", action="store_true", help="require a seg label volume per subject")
     p.add_argument("--out", required=True)
+    add_tracking_arguments(p)
     p.set_defaults(func=cmd_check_raw)
 
     p = sub.add_parser("register", help="ANTs registration of one subject's contrasts to the reference")
@@ -366,6 +407,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    add_tracking_arguments(p)
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("extract-slices", help="normalised axial slices of one subject")
@@ -375,6 +417,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="{}", help="the config's slices section as JSON")
     p.add_argument("--z-range", type=int, nargs=2, metavar=("FIRST", "LAST"))
     p.add_argument("--out", required=True)
+    add_tracking_arguments(p)
     p.set_defaults(func=cmd_extract_slices)
 
     p = sub.add_parser("build-store", help="one memory-mapped slice array per split")
@@ -385,6 +428,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True)
+    add_tracking_arguments(p)
     p.set_defaults(func=cmd_build_store)
 
     p = sub.add_parser("download", help="resumable, checksum-verified download (and unpacking) of archives")
@@ -471,6 +515,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="append", required=True, metavar="EXPERIMENT=SUMMARY_CSV")
     p.add_argument("--out", required=True)
     p.add_argument("--markdown", required=True)
+    add_tracking_arguments(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")

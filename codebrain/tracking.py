@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -75,6 +76,15 @@ def provenance() -> dict:
     return {"host": socket.gethostname(), "snakemake_version": snakemake_version}
 
 
+def git_commit() -> str:
+    """The commit of the package's checkout (tagged on every run and stored in checkpoints)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def notes(tags: dict) -> dict:
     note = RUN_NOTES.get(tags.get("rule", ""))
     return {"mlflow.note.content": note} if note else {}
@@ -124,7 +134,8 @@ def open_invocation(uri: str, experiment: str, tags: dict, config: dict) -> str:
     """A workflow invocation's parent run; its id goes to the jobs through the environment."""
     check_reachable(uri)
     run_id = start_parent_run(uri, experiment, f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S')}", tags, config)
-    os.environ[PARENT_RUN_VARIABLE] = run_id  # inherited by every job the invocation starts
+    os.environ[PARENT_RUN_VARIABLE] = run_id  # inherited by every job the invocation starts, as is the store:
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     print(f"MLflow: run {run_id} in experiment {experiment!r} at {uri}")
     return run_id
 

@@ -161,6 +161,15 @@ def test_changed_evaluation_parameter_reruns_only_evaluation(workdir, tmp_path):
                                                       "compare_experiments": 1, "all": 1}
 
 
+def test_another_tracking_store_reruns_nothing(workdir, tmp_path):
+    """The store reaches the jobs through the environment, not through rule params."""
+    config = yaml.safe_load(TINY.read_text())
+    config["tracking"] = {"uri": f"sqlite:///{tmp_path / 'elsewhere.db'}"}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(json.loads(json.dumps(config))))
+    assert planned_jobs(workdir[0], configfile=changed) == {}
+
+
 def test_edited_model_source_reruns_training_not_preprocessing(workdir, workflow_copy):
     """An edited model file: every training step and what follows, but no registration or slicing."""
     path, _ = workdir
@@ -287,6 +296,14 @@ def test_every_model_step_is_an_mlflow_run(workdir):
     for rule in ("train_stage1", "cache_codes", "train_stage2", "evaluate_model", "impute_test_subjects"):
         assert per_rule.get(rule) == {"codebrain", "ce"} | ({"direct"} if rule == "evaluate_model" else set()), rule
     assert per_rule.get("train_direct") == {"direct"}
+    subjects = {run.data.tags["rule"]: set() for run in jobs}
+    for run in jobs:
+        subjects[run.data.tags["rule"]].add(run.data.tags.get("subject"))
+    for rule in ("make_phantom_subject", "register_subject", "extract_slices"):
+        assert len(subjects[rule]) == 4, rule  # one run per subject
+    register = next(run for run in jobs if run.data.tags["rule"] == "register_subject")
+    assert register.data.metrics["T1/mi_after"] > register.data.metrics["T1/mi_before"]
+    assert {"check_raw", "build_slice_store", "compare_experiments"} <= set(subjects)
 
 
 def test_experiments_side_by_side(workdir):
@@ -442,7 +459,7 @@ def test_labelled_dataset_adds_the_segmentation_branch(brats_workdir):
 
 
 def test_every_rule_is_on_the_mlflow_server(brats_workdir):
-    """Over HTTP: every model step's run, with its metrics and artefacts, under one parent run."""
+    """Over HTTP: every job's run, with its metrics and artefacts, under one parent run."""
     from mlflow.tracking import MlflowClient
 
     path, planned, _, uri = brats_workdir
@@ -452,9 +469,11 @@ def test_every_rule_is_on_the_mlflow_server(brats_workdir):
     by_rule = {}
     for run in runs:
         by_rule.setdefault(run.data.tags["rule"], []).append(run)
-    expected = {"workflow": 1, "train_stage1": 1, "cache_codes": 1, "train_stage2": 1, "train_direct": 1,
-                "evaluate_model": 2, "impute_test_subjects": 1, "train_segmenter": 1, "evaluate_segmentation": 1}
+    expected = {"workflow": 1, "make_phantom_subject": 4, "check_raw": 1, "extract_slices": 4, "build_slice_store": 1,
+                "train_stage1": 1, "cache_codes": 1, "train_stage2": 1, "train_direct": 1, "evaluate_model": 2,
+                "impute_test_subjects": 1, "train_segmenter": 1, "evaluate_segmentation": 1, "compare_experiments": 1}
     assert {rule: len(found) for rule, found in by_rule.items()} == expected
+    assert expected == {rule: n for rule, n in planned.items() if rule != "all"} | {"workflow": 1}
     parent = by_rule["workflow"][0].info.run_id
     assert all(run.data.tags["mlflow.parentRunId"] == parent for rule, found in by_rule.items() if rule != "workflow"
                for run in found)
@@ -464,6 +483,9 @@ def test_every_rule_is_on_the_mlflow_server(brats_workdir):
     segmentation = by_rule["evaluate_segmentation"][0]
     assert {a.path for a in client.list_artifacts(segmentation.info.run_id)} >= {"dice.csv", "dice.md"}
     assert any(k.endswith("/dice_3d") for k in segmentation.data.metrics)
+    store = by_rule["build_slice_store"][0]
+    assert {a.path for a in client.list_artifacts(store.info.run_id)} == {"store.json"}
+    assert by_rule["check_raw"][0].data.metrics["subjects"] == 4
 
 
 def test_an_up_to_date_invocation_adds_no_run(workdir):

@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import torch
 
 from codebrain.data.nifti import InputError, write_atomic
 from codebrain.models.config import ModelConfig
+from codebrain.tracking import git_commit
 
 CHECKPOINT_VERSION = 1
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def save_checkpoint(path: Path, kind: str, state_dict: dict, model_config: ModelConfig, step: int,

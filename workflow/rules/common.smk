@@ -177,8 +177,7 @@ def start_invocation(log):
     """onstart (only when there are jobs to run): refuse a GPU count this machine lacks or an MLflow server
     that does not answer, before any job; then open the parent MLflow run that the job runs nest under."""
     from codebrain.gpus import machine_gpus
-    from codebrain.tracking import open_invocation
-    from codebrain.training.checkpoints import git_commit
+    from codebrain.tracking import git_commit, open_invocation
     from codebrain.training.config import config_hash
 
     gpus = config["training"]["gpus"]
@@ -200,8 +199,9 @@ def end_invocation(status):
 
 
 def get_tracking_args(wildcards):
-    uri = config["tracking"]["uri"]
-    return f"--dataset {DATASET['name']} --results {config['results']}" + (f" --tracking-uri {uri}" if uri else "")
+    """MLflow experiment and default store; the tracking URI reaches the jobs through MLFLOW_TRACKING_URI
+    (set at start-up), so pointing the jobs at another server reruns nothing."""
+    return f"--dataset {DATASET['name']} --results {config['results']}"
 
 
 def get_reference_volumes():

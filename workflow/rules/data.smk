@@ -7,6 +7,7 @@ if "phantom" in config:
         output:
             **phantom_outputs(),
         params:
+            tracking=get_tracking_args,
             flavour=config["phantom"]["flavour"],
             index=lambda wildcards: phantom_subjects()[wildcards.subject],
             downsample=config["phantom"]["downsample"],
@@ -24,7 +25,7 @@ if "phantom" in config:
             "../../envs/codebrain.yaml"
         shell:
             "codebrain phantom --root {params.root} --flavour {params.flavour} --index {params.index}"
-            " --downsample {params.downsample} --seed {params.seed} > {log} 2>&1"
+            " --downsample {params.downsample} --seed {params.seed} {params.tracking} > {log} 2>&1"
 
 
 rule check_raw:
@@ -33,6 +34,7 @@ rule check_raw:
     output:
         f"{OUT}/manifest.tsv",
     params:
+        tracking=get_tracking_args,
         root=DATASET["root"],
         layout=DATASET["layout"],
         contrasts=" ".join(CONTRASTS),
@@ -50,7 +52,7 @@ rule check_raw:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain check-raw --root {params.root} --layout {params.layout} --contrasts {params.contrasts}"
-        " --on-missing {params.on_missing} {params.labels} --out {output} > {log} 2>&1"
+        " --on-missing {params.on_missing} {params.labels} --out {output} {params.tracking} > {log} 2>&1"
 
 
 rule download_raw:
@@ -78,6 +80,7 @@ rule register_subject:
         volumes=expand(f"{OUT}/registered/{{{{subject}}}}/{{contrast}}.nii.gz", contrast=CONTRASTS),
         qc=f"{OUT}/registered/{{subject}}/qc.json",
     params:
+        tracking=get_tracking_args,
         inputs=lambda wildcards, input: cli_inputs({c: input[c] for c in CONTRASTS}),
         reference=REFERENCE,
         method=config["registration"]["method"],
@@ -95,7 +98,7 @@ rule register_subject:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain register {params.inputs} --reference {params.reference} --method {params.method}"
-        " --seed {params.seed} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        " --seed {params.seed} --threads {threads} --out-dir {params.out_dir} {params.tracking} > {log} 2>&1"
 
 
 rule extract_slices:
@@ -104,6 +107,7 @@ rule extract_slices:
     output:
         f"{OUT}/slices/subjects/{{subject}}.npz",
     params:
+        tracking=get_tracking_args,
         inputs=lambda wildcards, input: cli_inputs(dict(input.items())),
         contrasts=" ".join(CONTRASTS),
         slices=json.dumps(config["slices"], sort_keys=True),
@@ -120,7 +124,7 @@ rule extract_slices:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain extract-slices --subject {wildcards.subject} {params.inputs} --contrasts {params.contrasts}"
-        " --config '{params.slices}' {params.z_range} --out {output} > {log} 2>&1"
+        " --config '{params.slices}' {params.z_range} --out {output} {params.tracking} > {log} 2>&1"
 
 
 rule build_slice_store:
@@ -134,6 +138,7 @@ rule build_slice_store:
         normalisation=f"{OUT}/slices/normalisation.tsv",
         geometry=f"{OUT}/slices/geometry.tsv",
     params:
+        tracking=get_tracking_args,
         contrasts=" ".join(CONTRASTS),
         split_table=f"--split-table {config['splits']['table']}" if config["splits"]["table"] else "",
         fractions=" ".join(str(config["splits"]["fractions"][s]) for s in SPLITS),
@@ -153,4 +158,4 @@ rule build_slice_store:
     shell:
         "codebrain build-store --subject-slices {input.subjects} --contrasts {params.contrasts}"
         " --config '{params.slices}' {params.split_table} --fractions {params.fractions} --seed {params.seed}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} {params.tracking} > {log} 2>&1"

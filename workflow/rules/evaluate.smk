@@ -78,6 +78,7 @@ rule compare_experiments:
                      labels={"table": "all experiments"}),
         markdown=f"{OUT}/metrics/summary.md",
     params:
+        tracking=get_tracking_args,
         summaries=lambda wildcards, input: " ".join(
             f"--summary {name}={path}" for name, path in zip(sorted(EXPERIMENTS), input)
         ),
@@ -90,4 +91,4 @@ rule compare_experiments:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain compare {params.summaries} --out {output.table} --markdown {output.markdown} > {log} 2>&1"
+        "codebrain compare {params.summaries} --out {output.table} --markdown {output.markdown} {params.tracking} > {log} 2>&1"
