@@ -458,6 +458,16 @@ def test_labelled_dataset_adds_the_segmentation_branch(brats_workdir):
     assert planned_jobs(path, configfile=configfile) == {}
 
 
+def test_report_holds_the_tables_figures_and_captions(brats_workdir, tmp_path):
+    path, _, configfile, _ = brats_workdir
+    report = tmp_path / "report.html"
+    snakemake(path, "--report", str(report), configfile=configfile)
+    html = report.read_text()
+    for name in ("dice.csv", "scenarios.csv", "summary.csv", "exemplars.png"):
+        assert name in html, name
+    assert "Whole-tumour Dice" in html and "one row per (scenario" in html  # captions from workflow/report/
+
+
 def test_every_rule_is_on_the_mlflow_server(brats_workdir):
     """Over HTTP: every job's run, with its metrics and artefacts, under one parent run."""
     from mlflow.tracking import MlflowClient
