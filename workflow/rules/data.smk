@@ -20,6 +20,7 @@ if "phantom" in config:
             f"{OUT}/benchmarks/make_phantom_subject/{{subject}}.tsv"
         threads: 1
         resources:
+            gpu=0,
             mem_mb=4000,
         conda:
             "../../envs/codebrain.yaml"
@@ -47,6 +48,7 @@ rule check_raw:
         f"{OUT}/benchmarks/check_raw.tsv"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=4000,
     conda:
         "../../envs/codebrain.yaml"
@@ -64,8 +66,11 @@ rule download_raw:
         root=DATASET["root"],
     log:
         f"{OUT}/logs/download_raw.log",
+    benchmark:
+        f"{OUT}/benchmarks/download_raw.tsv"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=1000,
     conda:
         "../../envs/codebrain.yaml"
@@ -93,6 +98,7 @@ rule register_subject:
         f"{OUT}/benchmarks/register_subject/{{subject}}.tsv"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=4000,
     conda:
         "../../envs/codebrain.yaml"
@@ -119,6 +125,7 @@ rule extract_slices:
         f"{OUT}/benchmarks/extract_slices/{{subject}}.tsv"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=4000,
     conda:
         "../../envs/codebrain.yaml"
@@ -152,6 +159,7 @@ rule build_slice_store:
         f"{OUT}/benchmarks/build_slice_store.tsv"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=8000,
     conda:
         "../../envs/codebrain.yaml"

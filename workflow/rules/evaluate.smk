@@ -85,8 +85,11 @@ rule compare_experiments:
         code=source_hash("evaluation/evaluate.py"),
     log:
         f"{OUT}/logs/compare_experiments.log",
+    benchmark:
+        f"{OUT}/benchmarks/compare_experiments.tsv"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=1000,
     conda:
         "../../envs/codebrain.yaml"
