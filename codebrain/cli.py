@@ -24,15 +24,17 @@ def named_files(pairs: list[str]) -> dict[str, Path]:
     return files
 
 
-def step_tracker(args, rule: str, run_name: str, **tags):
-    """The MLflow run of one data or gathering step, nested under the invocation's run like the model
-    steps' runs; disabled when the rule passes no --dataset (a command run by hand)."""
+def step_tracker(args, rule: str, run_name: str, params: dict | None = None, **tags):
+    """The MLflow run of one step that is not a training loop (those open theirs through run_spec), nested
+    under the invocation's run; params default to the command's arguments. Disabled when the command gets
+    no --dataset (the data commands run by hand)."""
     from codebrain.tracking import Tracker, git_commit, tracking_uri
     from codebrain.training.config import config_hash
 
     if not args.dataset:
         return Tracker(False)
-    params = {k: v for k, v in vars(args).items() if k not in ("func", "command", "tracking_uri", "results", "dataset")}
+    if params is None:
+        params = {k: v for k, v in vars(args).items() if k not in ("func", "command", "tracking_uri", "results", "dataset")}
     return Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, run_name,
                    {"rule": rule, "dataset": args.dataset, **tags, "config_hash": config_hash(params),
                     "git_commit": git_commit()}, params)
@@ -190,14 +192,12 @@ def cmd_train_direct(args):
 
 
 def cmd_cache_codes(args):
-    from codebrain.tracking import Tracker, tracking_uri
     from codebrain.training.cache_codes import cache_codes, plot_level_histograms
 
     out_dir = Path(args.out_dir)
     report = cache_codes(Path(args.stage1), Path(args.store), out_dir, tuple(args.splits), args.batch_size)
     plot_level_histograms(report, out_dir / "code_levels.png")
-    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, f"cache_codes/{args.experiment}",
-                      {"rule": "cache_codes", "dataset": args.dataset, "experiment": args.experiment})
+    tracker = step_tracker(args, "cache_codes", f"cache_codes/{args.experiment}", experiment=args.experiment)
     for split, usage in report["splits"].items():
         tracker.log_metrics({f"{split}/{k}": v for k, v in usage.items() if isinstance(v, (int, float))})
     tracker.log_artifact(out_dir / "codes.json")
@@ -211,13 +211,11 @@ def cmd_cache_codes(args):
 
 def cmd_evaluate(args):
     from codebrain.evaluation.evaluate import evaluate
-    from codebrain.tracking import Tracker, tracking_uri
 
     out_dir = Path(args.out_dir)
     means = evaluate(Path(args.model), Path(args.store), out_dir, args.split, args.batch_size)
-    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, f"evaluate_model/{args.experiment}",
-                      {"rule": "evaluate_model", "dataset": args.dataset, "experiment": args.experiment,
-                       "split": args.split})
+    tracker = step_tracker(args, "evaluate_model", f"evaluate_model/{args.experiment}", experiment=args.experiment,
+                           split=args.split)
     for _, row in means.iterrows():
         group = {"O->O": "one_to_one", "M->O": "many_to_one"}.get(row.group, row.group.lower())
         prefix = f"{args.split}/{group}/{row.method}".replace(" ", "_").replace("(", "").replace(")", "")
@@ -234,17 +232,14 @@ def cmd_impute_split(args):
 
     from codebrain.evaluation.evaluate import load_codebrain
     from codebrain.evaluation.impute import impute_subjects
-    from codebrain.tracking import Tracker, tracking_uri
 
     stage1, prior, _ = load_codebrain(Path(args.model), args.contrasts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
     table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references, Path(args.out_dir),
                             args.split)
-    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset,
-                      f"impute_test_subjects/{args.experiment}",
-                      {"rule": "impute_test_subjects", "dataset": args.dataset, "experiment": args.experiment,
-                       "split": args.split, "volumes.path": Path(args.out_dir).resolve()})
+    tracker = step_tracker(args, "impute_test_subjects", f"impute_test_subjects/{args.experiment}",
+                           experiment=args.experiment, split=args.split, **{"volumes.path": Path(args.out_dir).resolve()})
     tracker.log_metrics({"volumes": len(table), "subjects": table.subject.nunique()})
     tracker.log_artifact(Path(args.out_dir) / "imputed.tsv")  # the volumes themselves stay on disk (large)
     tracker.finish(None)
@@ -295,16 +290,14 @@ def cmd_compare(args):
 
 def cmd_train_segmenter(args):
     from codebrain.evaluation.segmentation import SegmenterConfig, train_segmenter
-    from codebrain.tracking import Tracker, tracking_uri
     from codebrain.training.config import dataclass_from
 
     try:
         cfg = dataclass_from(SegmenterConfig, config_section(args), "segmentation")
     except (TypeError, ValueError) as err:
         raise InputError(f"--config: {err}") from err
-    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, "train_segmenter",
-                      {"rule": "train_segmenter", "dataset": args.dataset}, {f"segmentation.{k}": v for k, v in
-                                                                              vars(cfg).items()})
+    tracker = step_tracker(args, "train_segmenter", "train_segmenter",
+                           params={f"segmentation.{k}": v for k, v in vars(cfg).items()})
     try:
         metrics = train_segmenter(Path(args.store), cfg, Path(args.out), tracker)
     except BaseException:
@@ -321,7 +314,6 @@ def cmd_evaluate_segmentation(args):
     from codebrain.data.nifti import write_atomic
     from codebrain.evaluation.evaluate import load_imputer
     from codebrain.evaluation.segmentation import evaluate_segmentation, load_segmenter, markdown_table
-    from codebrain.tracking import Tracker, tracking_uri
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     segmenter = load_segmenter(Path(args.segmenter), args.contrasts).to(device)
@@ -332,8 +324,7 @@ def cmd_evaluate_segmentation(args):
         table.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(out_dir / "dice.md") as tmp:
         tmp.write_text(markdown_table(table))
-    tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, "evaluate_segmentation",
-                      {"rule": "evaluate_segmentation", "dataset": args.dataset, "split": args.split})
+    tracker = step_tracker(args, "evaluate_segmentation", "evaluate_segmentation", split=args.split)
     means = table.groupby("method", sort=False)[["dice_2d", "dice_3d", "dice_3d_vs_full"]].mean()
     for method, row in means.iterrows():
         tracker.log_metrics({f"{args.split}/{method.replace(' ', '_')}/{k}": v for k, v in row.items()})

@@ -19,7 +19,7 @@ import os
 import socket
 import subprocess
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from codebrain.data.nifti import write_atomic
@@ -37,8 +37,11 @@ def tracking_uri(configured: str | None, results: str | Path) -> str:
 
 
 @contextmanager
-def sqlite_lock(uri: str):
-    """Exclusive lock beside a sqlite:/// store for the duration of the block."""
+def store_lock(uri: str):
+    """Exclusive lock beside a sqlite:/// store for the duration of the block; a server needs none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
     lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
@@ -121,8 +124,7 @@ def start_parent_run(uri: str, experiment: str, run_name: str, tags: dict, confi
     """The run that groups one workflow invocation's job runs (their mlflow.parentRunId); returns its id."""
     from mlflow.tracking import MlflowClient
 
-    locked = sqlite_lock(uri) if uri.startswith("sqlite:///") else nullcontext()
-    with locked:
+    with store_lock(uri):
         client = MlflowClient(uri)
         run = client.create_run(experiment_id(client, uri, experiment), run_name=run_name,
                                 tags={k: str(v) for k, v in {**provenance(), **notes(tags), **tags}.items()})
@@ -145,7 +147,7 @@ def close_invocation(uri: str, status: str) -> None:
     if run_id:
         from mlflow.tracking import MlflowClient
 
-        with sqlite_lock(uri) if uri.startswith("sqlite:///") else nullcontext():
+        with store_lock(uri):
             MlflowClient(uri).set_terminated(run_id, status)
 
 
@@ -160,7 +162,7 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        self.locked = (lambda: sqlite_lock(uri)) if uri.startswith("sqlite:///") else nullcontext
+        self.locked = lambda: store_lock(uri)
         parent = os.environ.get(PARENT_RUN_VARIABLE)
         run_tags = {**provenance(), **notes(tags or {}), **(tags or {}),
                     **({"mlflow.parentRunId": parent} if parent else {})}

@@ -181,8 +181,8 @@ def start_invocation(log):
     from codebrain.training.config import config_hash
 
     gpus = config["training"]["gpus"]
-    if workflow.local_exec and gpus > len(machine_gpus()):
-        raise WorkflowError(f"config training.gpus: {gpus} GPUs per job, but this machine has {len(machine_gpus())}")
+    if workflow.local_exec and gpus > (available := len(machine_gpus())):
+        raise WorkflowError(f"config training.gpus: {gpus} GPUs per job, but this machine has {available}")
     tags = {"rule": "workflow", "config_hash": config_hash(config), "git_commit": git_commit(),
             "targets": " ".join(map(str, workflow.dag.targetfiles)) or "all",
             "jobs": sum(1 for _ in workflow.dag.needrun_jobs())}
