@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError, default_device
 
 
 def named_files(pairs: list[str]) -> dict[str, Path]:
@@ -228,13 +228,11 @@ def cmd_evaluate(args):
 
 
 def cmd_impute_split(args):
-    import torch
-
-    from codebrain.evaluation.evaluate import load_codebrain
+    from codebrain.checkpoints import load_codebrain
     from codebrain.evaluation.impute import impute_subjects
 
     stage1, prior, _ = load_codebrain(Path(args.model), args.contrasts)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
     table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references, Path(args.out_dir),
                             args.split)
@@ -249,15 +247,13 @@ def cmd_impute_split(args):
 def cmd_impute(args):
     import tempfile
 
-    import torch
-
-    from codebrain.evaluation.evaluate import load_codebrain
+    from codebrain.checkpoints import load_codebrain
     from codebrain.evaluation.impute import impute_scans
 
     stage1, prior, data = load_codebrain(args.model)
     if "size" not in data:
         raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     with tempfile.TemporaryDirectory(prefix="codebrain-register-") as work_dir:
         report = impute_scans(stage1.to(device), prior.to(device), data,
                               named_files(args.input), args.target, Path(args.out), args.register, args.outside,
@@ -273,7 +269,7 @@ def cmd_impute(args):
 
 
 def cmd_compare(args):
-    from codebrain.data.nifti import write_atomic
+    from codebrain.io import write_atomic
     from codebrain.evaluation.evaluate import compare_experiments
 
     tracker = step_tracker(args, "compare_experiments", "compare_experiments")
@@ -289,7 +285,8 @@ def cmd_compare(args):
 
 
 def cmd_train_segmenter(args):
-    from codebrain.evaluation.segmentation import SegmenterConfig, train_segmenter
+    from codebrain.evaluation.segmentation import train_segmenter
+    from codebrain.models.segmenter import SegmenterConfig
     from codebrain.training.config import dataclass_from
 
     try:
@@ -309,13 +306,12 @@ def cmd_train_segmenter(args):
 
 
 def cmd_evaluate_segmentation(args):
-    import torch
-
-    from codebrain.data.nifti import write_atomic
+    from codebrain.io import write_atomic
     from codebrain.evaluation.evaluate import load_imputer
-    from codebrain.evaluation.segmentation import evaluate_segmentation, load_segmenter, markdown_table
+    from codebrain.checkpoints import load_segmenter
+    from codebrain.evaluation.segmentation import evaluate_segmentation, markdown_table
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     segmenter = load_segmenter(Path(args.segmenter), args.contrasts).to(device)
     imputers = {name: load_imputer(path, args.contrasts, device) for name, path in named_files(args.model).items()}
     table = evaluate_segmentation(segmenter, imputers, Path(args.store), args.split)

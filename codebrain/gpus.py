@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 
 
 def machine_gpus() -> list[str]:

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from codebrain.data.nifti import write_atomic
+from codebrain.io import write_atomic
 
 
 PARENT_RUN_VARIABLE = "CODEBRAIN_PARENT_RUN_ID"  # our own variable: MLFLOW_RUN_ID would be resumed, not nested

@@ -10,7 +10,8 @@ import pytest
 
 from codebrain.cli import main
 from codebrain.data.layouts import discover
-from codebrain.data.nifti import InputError, load_volume
+from codebrain.io import InputError
+from codebrain.data.nifti import load_volume
 from codebrain.data.slices import SliceConfig, extract_subject
 from conftest import REALDATA
 

@@ -12,7 +12,7 @@ import pytest
 from codebrain.cli import main
 from codebrain.data.download import download
 from codebrain.data.layouts import discover
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 from conftest import REALDATA
 
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 from codebrain.data.slices import (SPLITS, SliceConfig, assign_splits, build_store, crop_pad, extract_subject,
                                    normalisation_range, normalise)
 from conftest import REALDATA

@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 from codebrain.training.loop import GlobalBatches
 
 CONTRASTS = ["T1", "T2", "PD"]
@@ -163,7 +163,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_code_cache_holds_stage1_codes_of_every_slice(trained, store):
-    from codebrain.training.cache_codes import load_stage1
+    from codebrain.checkpoints import load_stage1
 
     codes = np.load(trained / "codes" / "train.npy")
     slices = np.load(store / "train.npy")
@@ -196,7 +196,7 @@ def test_runs_are_logged_to_mlflow(trained):
     assert run.data.tags["rule"] == "train_stage1" and run.data.tags["dataset"] == "synthetic"
     assert len(run.data.tags["config_hash"]) == 12 and run.data.tags["git_commit"]
     assert run.data.params["model.width"] == "4" and run.data.params["stage1.steps"] == "12"
-    assert len(client.get_metric_history(run.info.run_id, "train/psnr")) == 4  # every 3 of 12 steps
+    assert len(client.get_metric_history(run.info.run_id, "train/psnr_loss")) == 4  # every 3 of 12 steps
     assert "val/psnr_stage1" in run.data.metrics and "train/samples_per_s" in run.data.metrics
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoint", "config.json"} <= artefacts

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 
 
 @dataclass(frozen=True)

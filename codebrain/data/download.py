@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 
 CHUNK = 1 << 20
 

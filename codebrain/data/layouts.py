@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from codebrain.data.nifti import InputError
+from codebrain.io import InputError
 
 DOWNLOAD_PAGES = {
     "ixi": "https://brain-development.org/ixi-dataset/",

@@ -8,7 +8,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from codebrain.data.download import sha256sum
-from codebrain.data.nifti import load_volume, voxel_sizes, write_atomic
+from codebrain.io import write_atomic
+from codebrain.data.nifti import load_volume, voxel_sizes
 
 COLUMNS = ["subject", "contrast", "path", "shape", "voxel_size", "sha256"]
 

@@ -7,17 +7,12 @@ leaving a file that looks complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-
-class InputError(ValueError):
-    """Bad input data; the message names the file and the problem."""
+from codebrain.io import InputError, write_atomic
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -42,25 +37,6 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 def voxel_sizes(image: nib.Nifti1Image) -> tuple[float, ...]:
     return tuple(float(z) for z in image.header.get_zooms()[:3])
-
-
-@contextmanager
-def write_atomic(path: str | Path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path, dtype=np.float32) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from codebrain.data.layouts import phantom_subject_files, phantom_subject_id
-from codebrain.data.nifti import save_volume, write_atomic
+from codebrain.io import write_atomic
+from codebrain.data.nifti import save_volume
 
 # Relaxation times [ms] and proton density at 1.5 T (textbook values).
 TISSUES = {

@@ -13,7 +13,8 @@ from pathlib import Path
 import ants
 import numpy as np
 
-from codebrain.data.nifti import load_volume, write_atomic
+from codebrain.io import write_atomic
+from codebrain.data.nifti import load_volume
 
 TRANSFORM_TYPES = {"rigid": "Rigid", "affine": "Affine"}
 # ANTsPy's default pyramid starts at 1/8 resolution, too coarse for clinical volumes with 5-6 mm

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from codebrain.data.nifti import InputError, load_volume, write_atomic
+from codebrain.io import InputError, write_atomic
+from codebrain.data.nifti import load_volume
 
 SPLITS = ("train", "val", "test")
 

@@ -16,41 +16,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from codebrain.checkpoints import codebrain_from, direct_from, load_checkpoint
 from codebrain.data.dataset import open_store
-from codebrain.data.nifti import write_atomic
 from codebrain.evaluation.scenarios import (CodeBrainImputer, DirectImputer, all_scenarios, evaluate_scenarios,
                                             scenario_name)
-from codebrain.models.config import ModelConfig
-from codebrain.models.direct import DirectRegressor
-from codebrain.models.prior import CodePrior
-from codebrain.models.reconstructor import Reconstructor
-from codebrain.training.checkpoints import load_checkpoint
+from codebrain.io import default_device, write_atomic
 
 METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "direct": "direct regressor",
                 "zero": "zero imputation"}
 METRICS = ["psnr", "ssim", "mae"]
 
 
-def load_codebrain(checkpoint: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior, dict]:
-    """Stage I, E_prior and the training store's summary (size, slicing) from a Stage II checkpoint."""
-    return codebrain_from(load_checkpoint(checkpoint, "stage2", {"contrasts": list(contrasts)} if contrasts else None))
-
-
-def codebrain_from(payload: dict) -> tuple[Reconstructor, CodePrior, dict]:
-    stage1 = Reconstructor(ModelConfig.from_dict(payload["stage1"]["model_config"]))
-    stage1.load_state_dict(payload["stage1"]["model"])
-    prior = CodePrior(ModelConfig.from_dict(payload["model_config"]))
-    prior.load_state_dict(payload["model"])
-    return stage1.eval(), prior.eval(), payload["stage1"].get("data", {})
-
-
 def load_imputer(checkpoint: str | Path, contrasts: list[str], device="cpu") -> tuple[object, str]:
     """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint."""
     payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)})
     if payload["kind"] == "direct":
-        model = DirectRegressor(ModelConfig.from_dict(payload["model_config"]))
-        model.load_state_dict(payload["model"])
-        return DirectImputer(model.to(device)), "direct"
+        return DirectImputer(direct_from(payload).to(device)), "direct"
     stage1, prior, _ = codebrain_from(payload)
     return CodeBrainImputer(stage1.to(device), prior.to(device)), "stage2"
 
@@ -119,13 +100,13 @@ def exemplar_figure(imputer, method: str, slices, contrasts, path: Path, index: 
 @torch.no_grad()
 def code_map_figure(imputer, slices, contrasts, path: Path, index: int) -> None:
     """Fig. 6 style: each contrast's code, dimension by dimension, as Stage I encodes it and as E_prior
-    predicts it when that contrast alone is missing (CodeBrain with FSQ codes only)."""
+    predicts it when that contrast alone is missing (quantisers whose codes are levels: FSQ)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not isinstance(imputer, CodeBrainImputer) or imputer.stage1.cfg.quantiser != "fsq":
+    if not isinstance(imputer, CodeBrainImputer) or imputer.stage1.quantiser.level_counts is None:
         return
     stage1, prior = imputer.stage1.cpu(), imputer.prior.cpu()
     image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
@@ -143,7 +124,7 @@ def code_map_figure(imputer, slices, contrasts, path: Path, index: int) -> None:
     fig, axes = plt.subplots(len(rows), d, figsize=(1.1 * d, 1.15 * len(rows)), squeeze=False)
     for r, (label, codes) in enumerate(rows):
         for i in range(d):
-            axes[r, i].imshow(np.rot90(codes[i].numpy()), cmap="viridis", vmin=0, vmax=stage1.cfg.levels[i] - 1)
+            axes[r, i].imshow(np.rot90(codes[i].numpy()), cmap="viridis", vmin=0, vmax=stage1.quantiser.level_counts[i] - 1)
             axes[r, i].set_xticks([]), axes[r, i].set_yticks([])
             axes[0, i].set_title(f"dim {i}", fontsize=7)
         axes[r, 0].set_ylabel(label, fontsize=6)
@@ -159,7 +140,7 @@ def imputer_device(imputer):
 
 
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", batch_size: int = 32) -> pd.DataFrame:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     _, summary = open_store(store, split)
     contrasts = summary["contrasts"]
     imputer, method = load_imputer(checkpoint, contrasts, device)

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from codebrain.data.dataset import open_store
-from codebrain.data.nifti import InputError, write_atomic
+from codebrain.io import InputError, write_atomic
 from codebrain.evaluation.scenarios import CodeBrainImputer, all_scenarios, scenario_name
 from codebrain.evaluation.volumes import restack
 

@@ -60,7 +60,7 @@ class CodeBrainImputer:
         for t in np.flatnonzero(~available):
             for method, method_codes in codes.items():
                 outputs[method][:, t] = self.stage1.decode_code(method_codes, common, int(t))
-            if len(codes) == 2 and codes["stage2"].dtype != torch.float32:  # discrete codes only
+            if len(codes) == 2 and self.stage1.quantiser.discrete:
                 code_map = 0 if self.stage1.cfg.joint_code else int(t)
                 hits = codes["stage2"][:, code_map] == codes["stage1"][:, code_map]
                 accuracy[:, t] = hits.float().flatten(1).mean(1)

@@ -9,7 +9,7 @@ from all real contrasts (the "(Seg.)" rows): how much of its answer the missing 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +17,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from codebrain.checkpoints import save_checkpoint
 from codebrain.data.dataset import open_store
-from codebrain.data.nifti import InputError, write_atomic
 from codebrain.evaluation.scenarios import scenario_name
-from codebrain.training.checkpoints import load_checkpoint
-
-N_CLASSES = 4  # background and the BraTS labels 1 (necrosis), 2 (oedema), 3 (enhancing)
-
-
-@dataclass
-class SegmenterConfig:
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    res_units: int = 1
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-
-
-def build_segmenter(n_contrasts: int, cfg: SegmenterConfig):
-    from monai.networks.nets import UNet
-
-    return UNet(spatial_dims=2, in_channels=n_contrasts, out_channels=N_CLASSES, channels=cfg.channels,
-                strides=[2] * (len(cfg.channels) - 1), num_res_units=cfg.res_units)
+from codebrain.io import InputError, default_device, write_atomic
+from codebrain.models.segmenter import N_CLASSES, SegmenterConfig, build_segmenter
 
 
 def open_labels(store: Path, split: str) -> np.ndarray:
@@ -56,11 +38,12 @@ def train_segmenter(store: Path, cfg: SegmenterConfig, out: Path, tracker=None) 
     """DiceCE on the real full-contrast training slices; the checkpoint holds the U-Net and its config."""
     from monai.losses import DiceCELoss
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     slices, summary = open_store(store, "train")
     labels = open_labels(store, "train")
+    cfg = replace(cfg, contrasts=summary["contrasts"])
     torch.manual_seed(cfg.seed)
-    model = build_segmenter(len(summary["contrasts"]), cfg).to(device)
+    model = build_segmenter(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -81,19 +64,9 @@ def train_segmenter(store: Path, cfg: SegmenterConfig, out: Path, tracker=None) 
                 tracker.log_metrics({"train/dice_ce": loss.item()}, step)
     model.eval()
     val_dice = float(np.nanmean(dice(predict_tumour(model, open_store(store, "val")[0]), open_labels(store, "val") > 0)))
-    payload = {"kind": "segmenter", "model": model.cpu().state_dict(),
-               "model_config": {**asdict(cfg), "contrasts": summary["contrasts"]}, "metrics": {"val/dice_wt_2d": val_dice}}
-    with write_atomic(out) as tmp:
-        torch.save(payload, tmp)
-    return payload["metrics"]
-
-
-def load_segmenter(path: Path, contrasts: list[str]):
-    payload = load_checkpoint(path, "segmenter", {"contrasts": list(contrasts)})
-    cfg = SegmenterConfig(**{k: v for k, v in payload["model_config"].items() if k != "contrasts"})
-    model = build_segmenter(len(contrasts), cfg)
-    model.load_state_dict(payload["model"])
-    return model.eval()
+    metrics = {"val/dice_wt_2d": val_dice}
+    save_checkpoint(out, "segmenter", model.cpu().state_dict(), cfg, cfg.steps, metrics, data=summary)
+    return metrics
 
 
 @torch.no_grad()

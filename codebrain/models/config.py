@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+# The keys that shape E_prior alone: changing them retrains Stage II but not Stage I.
+PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss")
+# The keys of Stage I that Stage II depends on (its code maps and contrasts): a Stage I that differs is refused.
+STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
+
 
 @dataclass
 class ModelConfig:

@@ -9,8 +9,12 @@ straight-through gradient. Even L needs a half-step offset: the levels are then
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from codebrain.models.code_usage import index_usage
+from codebrain.models.grading import ClassTarget, GradingTarget
 
 
 def round_ste(z: torch.Tensor) -> torch.Tensor:
@@ -19,6 +23,11 @@ def round_ste(z: torch.Tensor) -> torch.Tensor:
 
 
 class FSQ(nn.Module):
+    """The quantiser interface (models/quantisers.py): codes are d integer levels per position, as uint8."""
+
+    code_dtype = np.uint8
+    discrete = True
+
     def __init__(self, levels: list[int], eps: float = 1e-3):
         super().__init__()
         assert all(n >= 2 for n in levels), f"every FSQ dimension needs at least 2 levels, got {levels}"
@@ -27,9 +36,27 @@ class FSQ(nn.Module):
         self.register_buffer("basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0), persistent=False)
         self.eps = eps
 
+    @classmethod
+    def from_config(cls, cfg) -> "FSQ":
+        return cls(cfg.levels)
+
+    @staticmethod
+    def stage2_target(cfg):
+        """Ordinal grading bits (the paper), or L_i classes per dimension (its "CLS" ablation)."""
+        return GradingTarget(cfg.levels) if cfg.prior_loss == "grading" else ClassTarget(cfg.levels)
+
     @property
     def dim(self) -> int:
         return len(self.levels_list)
+
+    @property
+    def code_channels(self) -> int:
+        return self.dim
+
+    @property
+    def level_counts(self) -> list[int]:
+        return self.levels_list
+
 
     @property
     def codebook_size(self) -> int:
@@ -66,3 +93,10 @@ class FSQ(nn.Module):
     def indices_to_levels(self, indices: torch.Tensor) -> torch.Tensor:
         """B x h x w index -> B x d x h x w levels."""
         return ((indices.long()[:, None] // self._per_dim(self.basis)) % self._per_dim(self.levels)).to(torch.uint8)
+
+    def usage(self, codes: np.ndarray) -> dict:
+        """codes: slices x maps x d x h x w levels -> codes used of prod(L_i), perplexity, level histogram per dim."""
+        levels = torch.from_numpy(codes.reshape(-1, *codes.shape[2:]))  # (slices maps) x d x h x w
+        histograms = [np.bincount(codes[:, :, i].ravel(), minlength=n).tolist() for i, n in enumerate(self.levels_list)]
+        return {**index_usage(self.levels_to_indices(levels).numpy(), self.codebook_size),
+                "level_histograms": histograms}

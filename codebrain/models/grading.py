@@ -70,11 +70,3 @@ class RegressionTarget:
 
     def predict(self, logits):
         return logits.float()
-
-
-def code_target(quantiser: str, prior_loss: str, levels: list[int], codebook_size: int):
-    if quantiser == "continuous":
-        return RegressionTarget(len(levels))
-    if quantiser == "vq":
-        return ClassTarget([codebook_size])
-    return GradingTarget(levels) if prior_loss == "grading" else ClassTarget(levels)

@@ -19,3 +19,8 @@ def psnr_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     if weight is None:
         return per_channel.mean()
     return (weight * per_channel).sum(1).mean()
+
+
+def reconstruction_weights(scenario_mask: torch.Tensor, available_weight: float, missing_weight: float) -> torch.Tensor:
+    """B x N weights for psnr_loss over all N contrasts: one weight on the available, another on the missing."""
+    return torch.where(scenario_mask, available_weight, missing_weight).float()

@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from codebrain.models.config import ModelConfig
-from codebrain.models.grading import code_target
 from codebrain.models.nafnet import NAFEncoder
+from codebrain.models.quantisers import quantiser_class
 
 
 class CodePrior(nn.Module):
@@ -19,7 +19,7 @@ class CodePrior(nn.Module):
         if len(cfg.prior_enc_blocks) != len(cfg.enc_blocks):
             raise ValueError("model.prior_enc_blocks needs as many levels as model.enc_blocks (same code size)")
         self.cfg = cfg
-        self.target = code_target(cfg.quantiser, cfg.prior_loss, cfg.levels, cfg.codebook_size)
+        self.target = quantiser_class(cfg.quantiser).stage2_target(cfg)
         self.encoder = NAFEncoder(len(cfg.contrasts), cfg.prior_width, cfg.prior_enc_blocks, cfg.prior_middle_blocks)
         self.head = nn.Conv2d(self.encoder.out_channels, cfg.n_code_maps * self.target.channels, 1)
 

@@ -66,7 +66,7 @@ class Reconstructor(nn.Module):
         self.cfg = cfg
         n = len(cfg.contrasts)
         self.posterior = PosteriorEncoder(cfg)
-        self.quantiser = build_quantiser(cfg.quantiser, cfg.levels, cfg.codebook_size, cfg.commitment)
+        self.quantiser = build_quantiser(cfg)
         common_width = cfg.common_width or cfg.width
         self.common = NAFEncoder(n, common_width, cfg.enc_blocks, cfg.middle_blocks) if cfg.common_features else None
         common_channels = self.common.out_channels if self.common is not None else 0

@@ -1,8 +1,8 @@
 """Stage I code cache: E_posterior's integer codes for every slice and contrast, so Stage II never reruns it.
 
-Per split: {split}.npy, slices x n_code_maps x d x h x w (uint8 FSQ levels; uint8/uint16 VQ
-indices; float16 for the continuous ablation), and codes.json with code usage: how many of
-the prod(L_i) codes occur, perplexity, and the level histogram of each dimension.
+Per split: {split}.npy, slices x n_code_maps x code_channels x h x w in the quantiser's code_dtype
+(uint8 FSQ levels, VQ indices, float16 for the continuous ablation), and codes.json with the
+quantiser's usage statistics: how many codes occur, perplexity, the level histogram of each dimension.
 """
 
 from __future__ import annotations
@@ -14,53 +14,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from codebrain.checkpoints import load_stage1
 from codebrain.data.dataset import open_store
-from codebrain.data.nifti import write_atomic
-from codebrain.models.config import ModelConfig
-from codebrain.models.fsq import FSQ
-from codebrain.models.reconstructor import Reconstructor
-from codebrain.training.checkpoints import load_checkpoint
-
-
-def load_stage1(checkpoint: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, dict]:
-    """Stage I rebuilt from its checkpoint's own model_config (refused if trained on other contrasts)."""
-    payload = load_checkpoint(checkpoint, "stage1", {"contrasts": list(contrasts)} if contrasts else None)
-    model = Reconstructor(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["model"])
-    return model.eval(), payload
-
-
-def code_dtype(cfg: ModelConfig):
-    if cfg.quantiser == "continuous":
-        return np.float16
-    if cfg.quantiser == "vq":
-        return np.uint8 if cfg.codebook_size <= 256 else np.uint16
-    return np.uint8
-
-
-def code_usage(codes: np.ndarray, quantiser) -> dict:
-    """Codes used of the codebook, perplexity, per-dimension level histograms (FSQ) for one split."""
-    if isinstance(quantiser, FSQ):
-        levels = torch.from_numpy(codes.reshape(-1, *codes.shape[2:]))  # (slices maps) x d x h x w
-        indices = quantiser.levels_to_indices(levels).flatten().numpy()
-        histograms = [np.bincount(codes[:, :, i].ravel(), minlength=n).tolist()
-                      for i, n in enumerate(quantiser.levels_list)]
-    elif codes.dtype.kind in "ui":  # VQ: one index per position
-        indices, histograms = codes.ravel().astype(np.int64), []
-    else:
-        return {}
-    counts = np.bincount(indices)
-    p = counts[counts > 0] / counts.sum()
-    size = quantiser.codebook_size
-    return {"codes_used": int((counts > 0).sum()), "codebook_size": int(size),
-            "codes_used_fraction": float((counts > 0).sum() / size), "perplexity": float(np.exp(-(p * np.log(p)).sum())),
-            "level_histograms": histograms}
+from codebrain.io import default_device, write_atomic
 
 
 @torch.no_grad()
 def cache_codes(checkpoint: Path, store: Path, out_dir: Path, splits=("train", "val"), batch_size: int = 64,
                 device: str | None = None) -> dict:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     _, summary = open_store(store, splits[0])
     model, _ = load_stage1(checkpoint, summary["contrasts"])
     model.to(device)
@@ -69,14 +31,14 @@ def cache_codes(checkpoint: Path, store: Path, out_dir: Path, splits=("train", "
     for split in splits:
         slices, _ = open_store(store, split, cfg.contrasts)
         h = summary["size"] // cfg.downsampling
-        shape = (len(slices), cfg.n_code_maps, 1 if cfg.quantiser == "vq" else cfg.code_dim, h, h)
+        shape = (len(slices), cfg.n_code_maps, model.quantiser.code_channels, h, h)
         with write_atomic(out_dir / f"{split}.npy") as tmp:
-            codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=code_dtype(cfg), shape=shape)
+            codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=model.quantiser.code_dtype, shape=shape)
             for start in tqdm(range(0, len(slices), batch_size), desc=f"cache_codes {split}", unit="batch"):
                 image = torch.from_numpy(np.array(slices[start: start + batch_size])).to(device).float()
                 codes[start: start + len(image)] = model.encode(image).cpu().numpy()
             codes.flush()
-            report["splits"][split] = {"slices": len(slices), **code_usage(np.asarray(codes), model.quantiser)}
+            report["splits"][split] = {"slices": len(slices), **model.quantiser.usage(np.asarray(codes))}
             del codes
         report["code_shape"] = list(shape[1:])
     with write_atomic(out_dir / "codes.json") as tmp:

@@ -1,4 +1,7 @@
-"""Pieces both training stages share: the accelerator, the data order, the LR schedule, the NaN guard.
+"""The one training loop (`fit`) and what it is built from: the accelerator, the data order, the LR schedule,
+the NaN guard, validation. A stage (stage1.py, stage2.py, direct.py) brings its networks, optimisers
+and one optimisation step; the loop owns epochs, resume, stopping, logging, validation,
+checkpoints and failure handling (docs/design.md, "Training").
 
 Data order: each epoch is a permutation drawn from (seed, epoch), cut into global batches;
 every process takes its contiguous share of each global batch. One process with batch B and
@@ -10,8 +13,10 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -19,12 +24,13 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from codebrain.checkpoints import save_checkpoint
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
-from codebrain.data.nifti import InputError
 from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
+from codebrain.io import InputError
 from codebrain.tracking import Tracker
-from codebrain.training.checkpoints import ResumeState
 from codebrain.training.config import TrainConfig, config_hash, flatten
+from codebrain.training.resume import Progress, ResumeState
 
 VALIDATION_NAMES = {"stage2": "imputation", "stage1": "reconstruction", "direct": "direct regressor",
                     "zero": "zero-filling"}
@@ -32,18 +38,6 @@ VALIDATION_NAMES = {"stage2": "imputation", "stage1": "reconstruction", "direct"
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-@dataclass
-class Progress:
-    """The step counter, saved with Accelerate's state so a resumed run knows where it stopped."""
-    step: int = 0
-
-    def state_dict(self):
-        return {"step": self.step}
-
-    def load_state_dict(self, state):
-        self.step = state["step"]
 
 
 @dataclass
@@ -56,35 +50,6 @@ class RunSpec:
     experiment_name: str = "codebrain"
     run_name: str = "train_stage1"
     tags: dict | None = None
-
-
-@dataclass
-class TrainingRun:
-    """What every training loop opens: resume state, data, batch order and tracker."""
-    state: ResumeState
-    dataset: SliceDataset
-    val_slices: np.ndarray
-    batches: GlobalBatches
-    tracker: Tracker
-
-
-def open_run(accelerator, spec: RunSpec, section: dict, cfg: TrainConfig, contrasts: list[str], progress: Progress,
-             resume_key: dict | None = None, codes_dir: Path | None = None) -> TrainingRun:
-    """Load the state of an interrupted run of the same config (resume_key, default the section) if there
-    is one, open the training/validation slices, and start the MLflow run with the section as params."""
-    state = ResumeState(spec.out, config_hash(resume_key or section))
-    last = state.latest()
-    if last is not None:
-        accelerator.load_state(str(last))
-        accelerator.print(f"resumed from {last} at step {progress.step}")
-    dataset = SliceDataset(spec.store, "train", contrasts, seed=cfg.seed, codes_dir=codes_dir)
-    val_slices, _ = open_store(spec.store, "val", contrasts)
-    batches = GlobalBatches(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
-    main = accelerator.is_main_process
-    tracker = Tracker(main, spec.tracking_uri, spec.experiment_name, spec.run_name, spec.tags,
-                      flatten(section) if main else None)
-    tracker.log_dict(section, "config.json")
-    return TrainingRun(state, dataset, val_slices, batches, tracker)
 
 
 def progress_bar(accelerator, total: int, initial: int, desc: str) -> tqdm:
@@ -176,4 +141,100 @@ def validate(accelerator, imputer, val_slices, contrasts, cfg: TrainConfig, trac
         accelerator.print(f"step {step}: val PSNR " + ", ".join(f"{VALIDATION_NAMES[m]} {metrics[f'val/psnr_{m}']:.2f} dB"
                                                                for m in methods))
     accelerator.wait_for_everyone()
+    return metrics
+
+
+@dataclass
+class TrainingBatch:
+    """One process's share of a global batch, on its device, with the scenario drawn for each sample."""
+    image: torch.Tensor  # B x N x S x S in [0, 1]
+    scenario_mask: torch.Tensor  # B x N, True = available
+    anchor: torch.Tensor  # B, the masked contrast whose code Stage I learns
+    codes: torch.Tensor | None  # B x n_code_maps x d' x h x w cached Stage I codes (Stage II only)
+    step: int  # the global step this batch trains
+
+
+class Stage(Protocol):
+    """What a stage brings to `fit`."""
+    name: str  # the checkpoint kind and the progress bar's label
+    cfg: TrainConfig
+    model_config: object  # saved in the checkpoint so the network can be rebuilt
+    accelerator: Accelerator
+    optimizers: list[tuple[torch.optim.Optimizer, float]]  # (optimizer, base learning rate of its cosine)
+
+    def train_step(self, batch: TrainingBatch, guard: Callable[[dict], None]) -> dict[str, torch.Tensor]:
+        """Forward, backward and optimiser steps; returns the losses (each passed to guard before its backward)."""
+
+    def imputer(self):
+        """The imputer validation scores (evaluation/scenarios.py)."""
+
+    def state_dict(self) -> dict:
+        """The weights the final checkpoint holds."""
+
+
+def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = None, codes_dir: Path | None = None,
+        **checkpoint_extra) -> dict:
+    """Train `stage` for cfg.steps global steps from where an interrupted run of the same config (resume_key,
+    default the section) stopped; log, validate and keep resume state on the way; save the checkpoint at
+    spec.out at the end. The MLflow run is marked FAILED if anything stops it."""
+    accelerator, cfg = stage.accelerator, stage.cfg
+    contrasts = stage.model_config.contrasts
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    state = ResumeState(spec.out, config_hash(resume_key or section))
+    last = state.latest()
+    if last is not None:
+        accelerator.load_state(str(last))
+        accelerator.print(f"resumed from {last} at step {progress.step}")
+    dataset = SliceDataset(spec.store, "train", contrasts, seed=cfg.seed, codes_dir=codes_dir)
+    val_slices, _ = open_store(spec.store, "val", contrasts)
+    batches = GlobalBatches(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
+    main = accelerator.is_main_process
+    tracker = Tracker(main, spec.tracking_uri, spec.experiment_name, spec.run_name, spec.tags,
+                      flatten(section) if main else None)
+    tracker.log_dict(section, "config.json")
+
+    device = accelerator.device
+    bar = progress_bar(accelerator, cfg.steps, progress.step, stage.name)
+    started, started_step, metrics = time.time(), progress.step, {}
+    try:
+        while progress.step < cfg.steps:
+            _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
+            for batch in loader:
+                step = progress.step
+                scenario_mask, anchor = batch_scenario(batch, cfg, step, len(contrasts))
+                codes = batch["codes"].to(device) if "codes" in batch else None
+                inputs = TrainingBatch(batch["image"].to(device).float(), scenario_mask.to(device), anchor.to(device),
+                                       codes, step)
+                for optimizer, base_lr in stage.optimizers:
+                    set_lr(optimizer, cosine_lr(step, cfg, base_lr))
+                losses = stage.train_step(inputs, lambda found: check_finite(accelerator, found, step, state))
+                progress.step += 1
+
+                if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
+                    samples_per_s = (progress.step - started_step) * cfg.batch_size / (time.time() - started)
+                    logged = {f"train/{k}": accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+                    logged.update({"train/lr": stage.optimizers[0][0].param_groups[0]["lr"],
+                                   "train/samples_per_s": samples_per_s})
+                    tracker.log_metrics(logged, progress.step)
+                    bar.set_postfix({name: f"{logged[f'train/{name}']:.3f}" for name in losses} |
+                                    {"samples_s": f"{samples_per_s:.0f}"}, refresh=False)
+                bar.update(1)
+                if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
+                    state.save(accelerator, progress.step)
+                if progress.step % cfg.validate_every == 0 or progress.step == cfg.steps:
+                    metrics = validate(accelerator, stage.imputer(), val_slices, contrasts, cfg, tracker, progress.step)
+                if progress.step >= cfg.steps:
+                    break
+    except BaseException:
+        tracker.finish(None, status="FAILED")
+        raise
+    bar.close()
+
+    if main:
+        save_checkpoint(spec.out, stage.name, stage.state_dict(), stage.model_config, progress.step, metrics,
+                        experiment=section, data=dataset.summary, **checkpoint_extra)
+        tracker.log_checkpoint(spec.out)
+    state.clear(accelerator)
+    tracker.finish(spec.run_record)
     return metrics

@@ -1,0 +1,95 @@
+"""Model checkpoints: every save, load and rebuild of a trained network (docs/design.md, "Checkpoints").
+
+A checkpoint holds {kind, model, model_config, step, metrics, version, git_commit} and whatever
+its kind adds (Stage II: its Stage I; every trained model: the slice store's summary): enough
+to rebuild the network without the config files that made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from codebrain.io import InputError, write_atomic
+from codebrain.models.config import ModelConfig
+from codebrain.models.direct import DirectRegressor
+from codebrain.models.prior import CodePrior
+from codebrain.models.reconstructor import Reconstructor
+from codebrain.models.segmenter import SegmenterConfig, build_segmenter
+from codebrain.tracking import git_commit
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: Path, kind: str, state_dict: dict, model_config, step: int, metrics: dict,
+                    **extra) -> None:
+    """model_config: the network's config dataclass (ModelConfig, SegmenterConfig), stored as a dict."""
+    payload = {"kind": kind, "model": state_dict, "model_config": model_config.to_dict(), "step": step,
+               "metrics": metrics, "version": CHECKPOINT_VERSION, "git_commit": git_commit(), **extra}
+    with write_atomic(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def config_mismatch(found: dict, expected: dict) -> list[str]:
+    return [f"{key}: checkpoint has {found.get(key)!r}, expected {value!r}"
+            for key, value in expected.items() if found.get(key) != value]
+
+
+def load_checkpoint(path: str | Path, kind: str | tuple[str, ...], expected: dict | None = None) -> dict:
+    """The checkpoint at path, refused if it is not of `kind` (one or several) or its model_config differs from
+    `expected`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise InputError(f"{path}: not a readable checkpoint ({err.__class__.__name__}: {err})") from err
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(payload, dict) or payload.get("kind") not in kinds:
+        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise InputError(f"{path}: is a {found!r} checkpoint, expected {' or '.join(map(repr, kinds))}")
+    problems = config_mismatch(payload["model_config"], expected or {})
+    if problems:
+        raise InputError(f"{path}: checkpoint from another config: " + "; ".join(problems))
+    return payload
+
+
+def _contrasts(contrasts: list[str] | None) -> dict | None:
+    return {"contrasts": list(contrasts)} if contrasts else None
+
+
+def _rebuild(network, model_config: dict, state_dict: dict):
+    model = network(ModelConfig.from_dict(model_config))
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def load_stage1(path: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, dict]:
+    """Stage I rebuilt from its checkpoint's own model_config (refused if trained on other contrasts)."""
+    payload = load_checkpoint(path, "stage1", _contrasts(contrasts))
+    return _rebuild(Reconstructor, payload["model_config"], payload["model"]), payload
+
+
+def codebrain_from(payload: dict) -> tuple[Reconstructor, CodePrior, dict]:
+    """(Stage I, E_prior, the training store's summary) from a loaded Stage II checkpoint."""
+    stage1 = _rebuild(Reconstructor, payload["stage1"]["model_config"], payload["stage1"]["model"])
+    prior = _rebuild(CodePrior, payload["model_config"], payload["model"])
+    return stage1, prior, payload["stage1"].get("data", {})
+
+
+def load_codebrain(path: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior, dict]:
+    """Stage I, E_prior and the training store's summary (size, slicing) from a Stage II checkpoint."""
+    return codebrain_from(load_checkpoint(path, "stage2", _contrasts(contrasts)))
+
+
+def direct_from(payload: dict) -> DirectRegressor:
+    return _rebuild(DirectRegressor, payload["model_config"], payload["model"])
+
+
+def load_segmenter(path: str | Path, contrasts: list[str]):
+    payload = load_checkpoint(path, "segmenter", _contrasts(contrasts))
+    model = build_segmenter(SegmenterConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    return model.eval()

@@ -1,0 +1,42 @@
+"""What every part of the package shares: the input-error type, atomic writes, the compute device.
+
+Kept at the top level so that data, models, training and evaluation import it without importing
+each other (docs/design.md, "Imports").
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@contextmanager
+def write_atomic(path: str | Path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def default_device() -> str:
+    """The first visible GPU when there is one, else the CPU (inference steps; training asks Accelerate)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
