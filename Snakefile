@@ -21,15 +21,16 @@ include: "workflow/rules/segmentation.smk"
 
 
 onstart:
-    start_invocation(log)
+    start_invocation(config, TRACKING_URI, workflow.local_exec, list(map(str, workflow.dag.targetfiles)),
+                     sum(1 for _ in workflow.dag.needrun_jobs()))
 
 
 onsuccess:
-    end_invocation("FINISHED")
+    close_invocation(TRACKING_URI, "FINISHED")
 
 
 onerror:
-    end_invocation("FAILED")
+    close_invocation(TRACKING_URI, "FAILED")
 
 
 rule all:

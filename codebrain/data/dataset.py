@@ -1,6 +1,6 @@
 """Training slices from the memory-mapped store, each with a random missing-contrast scenario.
 
-A scenario (DESIGN.md): pick k in [1, N-1], mask k random contrasts, pick the anchor among the
+A scenario (docs/design.md, "The method"): pick k in [1, N-1], mask k random contrasts, pick the anchor among the
 masked ones. The draw depends only on (seed, epoch, index), so a resumed run sees the same
 scenarios in the same order.
 """

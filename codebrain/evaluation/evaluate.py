@@ -1,6 +1,6 @@
 """The paper's evaluation of a trained model on the test split: per-scenario table, group means, figures.
 
-Outputs (DESIGN.md protocol): scenarios.csv, one row per (scenario, target, method) with PSNR,
+Outputs (docs/design.md, "Evaluation"): scenarios.csv, one row per (scenario, target, method) with PSNR,
 SSIM x 100 and MAE x 1000 as means over slices, whole slice and inside the brain;
 summary.csv, unweighted means over pairs for One-to-One (one input), Many-to-One (more than one)
 and ALL; tables.md laid out like the paper's Tables 1 and 2; exemplars.png, one test slice per

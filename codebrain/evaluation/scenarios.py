@@ -1,7 +1,7 @@
 """Every missing-contrast scenario, and PSNR per (scenario, target) for Stage I, Stage II and zero filling.
 
 A scenario is the set of available contrasts, named as a bit string in contrast order ("010" =
-only the second given). The protocol (DESIGN.md): outputs clamped to [0, 1], PSNR per slice
+only the second given). The protocol (docs/design.md, "Evaluation"): outputs clamped to [0, 1], PSNR per slice
 with data range 1, mean over slices per (scenario, target) pair, then an unweighted mean over
 pairs; model selection uses the one-missing scenarios. An imputer is any callable that fills
 the missing channels of a batch for a scenario: CodeBrain's two stages or a baseline.

@@ -1,4 +1,4 @@
-"""How much of a codebook a set of codes uses: a collapsed or dead code shows here first (DESIGN: "monitor code usage")."""
+"""How much of a codebook a set of codes uses: a collapsed or dead code shows here first (docs/design.md, "Quantisers")."""
 
 from __future__ import annotations
 

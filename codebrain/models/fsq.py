@@ -2,7 +2,7 @@
 
 Each of the d latent channels is squashed into a bounded range and rounded to one of L_i
 integer levels, so a code is a point of a fixed grid with prod(L_i) entries and no codebook
-to learn or collapse. DESIGN.md: Z = floor(L/2) * tanh(F), Zq = round(Z) with a
+to learn or collapse. docs/design.md: Z = floor(L/2) * tanh(F), Zq = round(Z) with a
 straight-through gradient. Even L needs a half-step offset: the levels are then
 -L/2 .. L/2 - 1, an asymmetric grid.
 """

@@ -1,7 +1,7 @@
 """What Stage II predicts per code dimension, and its loss: ordinal grading (paper), classes (CE ablation, VQ)
 or the latent itself (continuous ablation).
 
-Grading (DESIGN.md): a level y in {0..L-1} is L-1 ordinal bits, bit j = 1 if j < y; the head
+Grading (docs/design.md, "The method"): a level y in {0..L-1} is L-1 ordinal bits, bit j = 1 if j < y; the head
 gives one logit per bit and is trained with BCE; the predicted level is the number of bits
 with probability > 0.5. Neighbouring levels then differ in one bit, so a near miss costs less
 than a far one, which cross-entropy over L classes cannot express.

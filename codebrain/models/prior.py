@@ -1,4 +1,4 @@
-"""Stage II: E_prior predicts the codes of all contrasts from the masked stack (DESIGN.md, "Stage II").
+"""Stage II: E_prior predicts the codes of all contrasts from the masked stack (docs/design.md, "The method").
 
 Output: for each code map (one per contrast, or one joint map in the release protocol) and
 each code dimension, the logits of the chosen target (grading bits, classes, or values).

@@ -1,4 +1,4 @@
-"""Stage I: E_posterior, the quantiser, E_s and D_a (DESIGN.md, "Stage I").
+"""Stage I: E_posterior, the quantiser, E_s and D_a (docs/design.md, "The method").
 
 The anchor contrast M_a is encoded into a d x h x w latent, quantised into its code Zq_a;
 the masked stack M_s (anchor among the missing) gives the common features F_c; D_a decodes

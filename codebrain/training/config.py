@@ -1,7 +1,7 @@
 """Training configuration: one dataclass per stage, and the two protocols (paper text, authors' release).
 
 An experiment's config section is {protocol, model, stage1, stage2}; the protocol supplies
-defaults (DESIGN.md's table) and the section's own keys win, so the paper's ablations and the
+defaults (docs/design.md, "Protocols") and the section's own keys win, so the paper's ablations and the
 release are configs, not code edits.
 """
 
@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from codebrain.models.config import ModelConfig
+from codebrain.models.config import PRIOR_FIELDS, ModelConfig
 
 
 @dataclass
@@ -144,3 +144,28 @@ def flatten(section: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def stage_section(section: dict, stage: str) -> dict:
+    """The part of an experiment's config one training step uses, so that a change elsewhere does not rerun it:
+    Stage I ignores E_prior's keys and the stage2 section, Stage II the stage1 section; a direct experiment
+    is used whole."""
+    if section.get("method") == "direct":
+        return section
+    model = dict(section.get("model") or {})
+    if stage == "stage1":
+        model = {k: v for k, v in model.items() if k not in PRIOR_FIELDS}
+    return {"protocol": section.get("protocol", "paper"), "model": model, stage: section.get(stage) or {}}
+
+
+def split_experiments(experiments: dict, contrasts: list[str]) -> tuple[list[str], list[str]]:
+    """(CodeBrain experiment names, direct-regressor names); every section is parsed, so a bad key fails at
+    start-up with the experiment's name, not hours into a job."""
+    codebrain, direct = [], []
+    for name, section in experiments.items():
+        try:
+            experiment = parse_experiment(section, contrasts)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config experiments.{name}: {err}") from None
+        (direct if isinstance(experiment, DirectExperiment) else codebrain).append(name)
+    return sorted(codebrain), direct

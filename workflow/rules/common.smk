@@ -6,12 +6,12 @@ from functools import cache
 from pathlib import Path
 
 import pandas as pd
-from snakemake.exceptions import WorkflowError
-
 from codebrain.data import layouts
-from codebrain.data.phantom import FLAVOURS
-from codebrain.tracking import tracking_uri
-from codebrain.training.config import DirectExperiment, parse_experiment
+from codebrain.tracking import close_invocation, tracking_uri
+from codebrain.training.config import split_experiments
+from codebrain.workflow import check_config, experiment_json, start_invocation
+
+check_config(config)
 
 DATASET = config["dataset"]
 TRACKING_URI = tracking_uri(config["tracking"]["uri"], config["results"])
@@ -23,15 +23,6 @@ REGISTER = config["registration"]["method"] != "none"
 SPLITS = ["train", "val", "test"]
 PACKAGE = Path(workflow.basedir) / "codebrain"
 ACCELERATE_CONFIGS = Path(workflow.basedir) / "config" / "accelerate"
-
-if REFERENCE not in CONTRASTS:
-    raise ValueError(f"config dataset.reference: {REFERENCE} is not one of dataset.contrasts {CONTRASTS}")
-if "phantom" in config:
-    _missing = set(RAW_KINDS) - set(FLAVOURS[config["phantom"]["flavour"]]) - {"seg"}
-    if _missing or (DATASET["labels"] and config["phantom"]["flavour"] != "brats"):
-        raise ValueError(f"config phantom.flavour: {config['phantom']['flavour']} phantoms do not have "
-                         f"{sorted(_missing) or 'labels'} (dataset.contrasts / dataset.labels)")
-
 
 def source_hash(*modules):
     """Hash of the package sources behind a step (Snakemake's code trigger sees only shell text)."""
@@ -124,17 +115,13 @@ def get_download_marker():
 
 EXPERIMENTS = config["experiments"]
 TRAINING_SOURCES = [f"{folder}/{p.name}" for folder in ("models", "training") for p in sorted((PACKAGE / folder).glob("*.py"))]
-TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "tracking.py"]
-PRIOR_KEYS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss")
+TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "tracking.py", "checkpoints.py", "io.py"]
+CODEBRAIN_EXPERIMENTS, DIRECT_EXPERIMENTS = split_experiments(EXPERIMENTS, CONTRASTS)
 
-DIRECT_EXPERIMENTS = []
-for _name, _section in EXPERIMENTS.items():  # fail at start-up, naming the key, not hours into a job
-    try:
-        if isinstance(parse_experiment(_section, CONTRASTS), DirectExperiment):
-            DIRECT_EXPERIMENTS.append(_name)
-    except (TypeError, ValueError) as _err:
-        raise ValueError(f"config experiments.{_name}: {_err}") from None
-CODEBRAIN_EXPERIMENTS = sorted(set(EXPERIMENTS) - set(DIRECT_EXPERIMENTS))
+
+def with_gpus(command):
+    """The shell command of a step that may use GPUs: it first claims {resources.gpu} free devices."""
+    return f"codebrain with-gpus --count {{resources.gpu}} -- {command}"
 
 
 def one_of(names):
@@ -149,15 +136,7 @@ def model_checkpoint(experiment):
 
 
 def get_experiment_json(name, stage):
-    """The part of an experiment a stage uses (Stage I ignores E_prior's keys and the stage2 section)."""
-    section = EXPERIMENTS[name]
-    if name in DIRECT_EXPERIMENTS:
-        return json.dumps(section, sort_keys=True)
-    model = dict(section.get("model") or {})
-    if stage == "stage1":
-        model = {k: v for k, v in model.items() if k not in PRIOR_KEYS}
-    return json.dumps({"protocol": section.get("protocol", "paper"), "model": model,
-                       stage: section.get(stage) or {}}, sort_keys=True)
+    return experiment_json(EXPERIMENTS[name], stage)
 
 
 ONE_GPU = min(1, config["training"]["gpus"])  # evaluation, imputation and segmentation jobs: one GPU when training uses GPUs
@@ -171,31 +150,6 @@ def launch_args():
     setup = "multi" if processes > 1 else "single"
     return (f"--config_file {ACCELERATE_CONFIGS}/{setup}.yaml --num_processes {processes}"
             + (" --cpu" if gpus == 0 and processes == 1 else ""))
-
-
-def start_invocation(log):
-    """onstart (only when there are jobs to run): refuse a GPU count this machine lacks or an MLflow server
-    that does not answer, before any job; then open the parent MLflow run that the job runs nest under."""
-    from codebrain.gpus import machine_gpus
-    from codebrain.tracking import git_commit, open_invocation
-    from codebrain.training.config import config_hash
-
-    gpus = config["training"]["gpus"]
-    if workflow.local_exec and gpus > (available := len(machine_gpus())):
-        raise WorkflowError(f"config training.gpus: {gpus} GPUs per job, but this machine has {available}")
-    tags = {"rule": "workflow", "config_hash": config_hash(config), "git_commit": git_commit(),
-            "targets": " ".join(map(str, workflow.dag.targetfiles)) or "all",
-            "jobs": sum(1 for _ in workflow.dag.needrun_jobs())}
-    try:
-        open_invocation(TRACKING_URI, DATASET["name"], tags, config)
-    except ConnectionError as err:
-        raise WorkflowError(f"config tracking.uri: {err}") from None
-
-
-def end_invocation(status):
-    from codebrain.tracking import close_invocation
-
-    close_invocation(TRACKING_URI, status)
 
 
 def get_tracking_args(wildcards):

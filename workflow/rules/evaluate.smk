@@ -20,7 +20,7 @@ rule evaluate_model:
         split=config["evaluation"]["split"],
         batch_size=config["evaluation"]["batch_size"],
         tracking=get_tracking_args,
-        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py", "models/direct.py"),
+        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py", "checkpoints.py"),
     log:
         f"{OUT}/logs/evaluate_model/{{experiment}}.log",
     benchmark:
@@ -32,10 +32,12 @@ rule evaluate_model:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} -- codebrain evaluate --model {input.model} --store {params.store}"
-        " --split {params.split} --batch-size {params.batch_size} --out-dir {params.out_dir}"
-        " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
-        " --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "codebrain evaluate --model {input.model} --store {params.store}"
+            " --split {params.split} --batch-size {params.batch_size} --out-dir {params.out_dir}"
+            " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
+            " --run-record {output.record} > {log} 2>&1"
+        )
 
 
 rule impute_test_subjects:
@@ -53,7 +55,7 @@ rule impute_test_subjects:
         contrasts=" ".join(CONTRASTS),
         split=config["evaluation"]["split"],
         tracking=get_tracking_args,
-        code=source_hash("evaluation/impute.py", "evaluation/volumes.py"),
+        code=source_hash("evaluation/impute.py", "evaluation/volumes.py", "checkpoints.py"),
     log:
         f"{OUT}/logs/impute_test_subjects/{{experiment}}.log",
     benchmark:
@@ -65,9 +67,11 @@ rule impute_test_subjects:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} -- codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
-        " --references '{params.references}' --split {params.split} --experiment {wildcards.experiment} {params.tracking}"
-        " --out-dir {output} > {log} 2>&1"
+        with_gpus(
+            "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
+            " --references '{params.references}' --split {params.split} --experiment {wildcards.experiment} {params.tracking}"
+            " --out-dir {output} > {log} 2>&1"
+        )
 
 
 rule compare_experiments:

@@ -12,7 +12,7 @@ rule train_segmenter:
         store=lambda wildcards, input: Path(input.store).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash("evaluation/segmentation.py"),
+        code=source_hash("evaluation/segmentation.py", "models/segmenter.py", "checkpoints.py"),
     log:
         f"{OUT}/logs/train_segmenter.log",
     benchmark:
@@ -24,8 +24,10 @@ rule train_segmenter:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} -- codebrain train-segmenter --store {params.store} --contrasts {params.contrasts} --config '{params.config}'"
-        " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "codebrain train-segmenter --store {params.store} --contrasts {params.contrasts} --config '{params.config}'"
+            " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        )
 
 
 rule evaluate_segmentation:
@@ -45,7 +47,7 @@ rule evaluate_segmentation:
         contrasts=" ".join(CONTRASTS),
         split=config["evaluation"]["split"],
         tracking=get_tracking_args,
-        code=source_hash("evaluation/segmentation.py", "evaluation/scenarios.py"),
+        code=source_hash("evaluation/segmentation.py", "evaluation/scenarios.py", "checkpoints.py"),
     log:
         f"{OUT}/logs/evaluate_segmentation.log",
     benchmark:
@@ -57,6 +59,8 @@ rule evaluate_segmentation:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} -- codebrain evaluate-segmentation --segmenter {input.segmenter} {params.models} --store {params.store}"
-        " --contrasts {params.contrasts} --split {params.split} {params.tracking} --out-dir {params.out_dir}"
-        " --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "codebrain evaluate-segmentation --segmenter {input.segmenter} {params.models} --store {params.store}"
+            " --contrasts {params.contrasts} --split {params.split} {params.tracking} --out-dir {params.out_dir}"
+            " --run-record {output.record} > {log} 2>&1"
+        )

@@ -28,10 +28,11 @@ rule train_stage1:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} --"
-        " accelerate launch {params.launch} -m codebrain.cli train-stage1 --store {params.store}"
-        " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
-        " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "accelerate launch {params.launch} -m codebrain.cli train-stage1 --store {params.store}"
+            " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
+            " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        )
 
 
 rule cache_codes:
@@ -61,9 +62,11 @@ rule cache_codes:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} -- codebrain cache-codes --store {params.store} --stage1 {input.stage1} --out-dir {params.out_dir}"
-        " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
-        " --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "codebrain cache-codes --store {params.store} --stage1 {input.stage1} --out-dir {params.out_dir}"
+            " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
+            " --run-record {output.record} > {log} 2>&1"
+        )
 
 
 rule train_stage2:
@@ -95,11 +98,12 @@ rule train_stage2:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} --"
-        " accelerate launch {params.launch} -m codebrain.cli train-stage2 --store {params.store}"
-        " --stage1 {input.stage1} --codes {params.codes} --contrasts {params.contrasts}"
-        " --config '{params.config}' --experiment {wildcards.experiment} {params.tracking}"
-        " --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "accelerate launch {params.launch} -m codebrain.cli train-stage2 --store {params.store}"
+            " --stage1 {input.stage1} --codes {params.codes} --contrasts {params.contrasts}"
+            " --config '{params.config}' --experiment {wildcards.experiment} {params.tracking}"
+            " --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        )
 
 
 rule train_direct:
@@ -128,7 +132,8 @@ rule train_direct:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain with-gpus --count {resources.gpu} --"
-        " accelerate launch {params.launch} -m codebrain.cli train-direct --store {params.store}"
-        " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
-        " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        with_gpus(
+            "accelerate launch {params.launch} -m codebrain.cli train-direct --store {params.store}"
+            " --contrasts {params.contrasts} --config '{params.config}' --experiment {wildcards.experiment}"
+            " {params.tracking} --out {output.checkpoint} --run-record {output.record} > {log} 2>&1"
+        )

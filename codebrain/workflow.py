@@ -1,0 +1,47 @@
+"""What the Snakefile does at start-up, kept here so that workflow/rules/ holds only rules and get_* helpers:
+config checks beyond the schema, the experiments' sections per step, and the invocation's MLflow run."""
+
+from __future__ import annotations
+
+import json
+
+from snakemake.exceptions import WorkflowError
+
+from codebrain.data.phantom import FLAVOURS
+from codebrain.training.config import config_hash, stage_section
+
+
+def check_config(config: dict) -> None:
+    """Cross-key checks the JSON schema cannot express, each naming the key."""
+    dataset = config["dataset"]
+    contrasts, reference = dataset["contrasts"], dataset["reference"]
+    if reference not in contrasts:
+        raise WorkflowError(f"config dataset.reference: {reference} is not one of dataset.contrasts {contrasts}")
+    if "phantom" in config:
+        flavour = config["phantom"]["flavour"]
+        missing = set(contrasts) - set(FLAVOURS[flavour])
+        if missing or (dataset["labels"] and flavour != "brats"):
+            raise WorkflowError(f"config phantom.flavour: {flavour} phantoms do not have "
+                                f"{sorted(missing) or 'labels'} (dataset.contrasts / dataset.labels)")
+
+
+def experiment_json(section: dict, stage: str) -> str:
+    """The experiment's section as a training step sees it (a rule parameter: a change reruns that step)."""
+    return json.dumps(stage_section(section, stage), sort_keys=True)
+
+
+def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jobs: int) -> None:
+    """onstart: refuse a GPU count this machine lacks or an MLflow server that does not answer, before any
+    job; then open the parent MLflow run that the job runs nest under."""
+    from codebrain.gpus import machine_gpus
+    from codebrain.tracking import git_commit, open_invocation
+
+    gpus = config["training"]["gpus"]
+    if local and gpus > (available := len(machine_gpus())):
+        raise WorkflowError(f"config training.gpus: {gpus} GPUs per job, but this machine has {available}")
+    tags = {"rule": "workflow", "config_hash": config_hash(config), "git_commit": git_commit(),
+            "targets": " ".join(targets) or "all", "jobs": jobs}
+    try:
+        open_invocation(uri, config["dataset"]["name"], tags, config)
+    except ConnectionError as err:
+        raise WorkflowError(f"config tracking.uri: {err}") from None
