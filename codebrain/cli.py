@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from codebrain.data.layouts import MATCHERS
 from codebrain.io import InputError, default_device
 
 
@@ -379,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-raw", help="check every raw volume and write manifest.tsv")
     p.add_argument("--root", required=True)
-    p.add_argument("--layout", choices=["ixi", "brats", "bids"], required=True)
+    p.add_argument("--layout", choices=sorted(MATCHERS), required=True)
     p.add_argument("--contrasts", nargs="+", required=True)
     p.add_argument("--on-missing", choices=["drop", "fail"], default="drop")
     p.add_argument("--labels", action="store_true", help="require a seg label volume per subject")

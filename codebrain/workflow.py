@@ -7,6 +7,7 @@ import json
 
 from snakemake.exceptions import WorkflowError
 
+from codebrain.data.layouts import CONTRASTS, MATCHERS
 from codebrain.data.phantom import FLAVOURS
 from codebrain.training.config import config_hash, stage_section
 
@@ -15,6 +16,11 @@ def check_config(config: dict) -> None:
     """Cross-key checks the JSON schema cannot express, each naming the key."""
     dataset = config["dataset"]
     contrasts, reference = dataset["contrasts"], dataset["reference"]
+    if dataset["layout"] not in MATCHERS:
+        raise WorkflowError(f"config dataset.layout: {dataset['layout']!r} is not one of {sorted(MATCHERS)}")
+    for contrast in [*contrasts, reference]:
+        if contrast not in CONTRASTS:
+            raise WorkflowError(f"config dataset.contrasts: {contrast!r} is not one of {CONTRASTS}")
     if reference not in contrasts:
         raise WorkflowError(f"config dataset.reference: {reference} is not one of dataset.contrasts {contrasts}")
     if "phantom" in config:

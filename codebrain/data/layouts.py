@@ -25,6 +25,7 @@ BIDS_PATTERN = re.compile(
     r"(?P<subject>sub-[A-Za-z0-9]+)(_(?P<session>ses-[A-Za-z0-9]+))?(?P<entities>(_[a-z]+-[A-Za-z0-9]+)*)"
     r"_(?P<suffix>T1w|T2w|PDw|FLAIR)\.nii(\.gz)?$"
 )
+CONTRASTS = ["T1", "T2", "PD", "FLAIR", "T1Gd"]  # our canonical names; each layout maps its own onto them
 BRATS_SUFFIX = {"t1n": "T1", "t1c": "T1Gd", "t2w": "T2", "t2f": "FLAIR", "seg": "seg"}
 BIDS_SUFFIX = {"T1w": "T1", "T2w": "T2", "PDw": "PD", "FLAIR": "FLAIR"}
 
