@@ -25,6 +25,7 @@ from codebrain.io import default_device, write_atomic
 METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "direct": "direct regressor",
                 "zero": "zero imputation"}
 METRICS = ["psnr", "ssim", "mae"]
+GROUPS = {"O->O": "one_to_one", "M->O": "many_to_one", "ALL": "all"}  # group -> its MLflow metric prefix
 
 
 def load_imputer(checkpoint: str | Path, contrasts: list[str], device="cpu") -> tuple[object, str]:
@@ -34,6 +35,13 @@ def load_imputer(checkpoint: str | Path, contrasts: list[str], device="cpu") -> 
         return DirectImputer(direct_from(payload).to(device)), "direct"
     stage1, prior, _ = codebrain_from(payload)
     return CodeBrainImputer(stage1.to(device), prior.to(device)), "stage2"
+
+
+def logged_metrics(means: pd.DataFrame, split: str) -> dict[str, float]:
+    """Group means as MLflow metrics: <split>/<group>/<method id>/<metric>, e.g. test/all/stage2/psnr."""
+    method_ids = {name: method for method, name in METHOD_NAMES.items()}
+    return {f"{split}/{GROUPS[row.group]}/{method_ids[row.method]}/{k}": row[k]
+            for _, row in means.iterrows() for k in ("psnr", "ssim", "mae", "psnr_brain")}
 
 
 def group_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -163,8 +171,9 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", 
     return means
 
 
-def compare_experiments(summaries: dict[str, Path]) -> tuple[pd.DataFrame, str]:
-    """Each experiment's group means side by side (zero imputation once): the ablation table."""
+def compare_experiments(summaries: dict[str, Path], out: Path, markdown: Path) -> str:
+    """Each experiment's group means side by side (zero imputation once), as CSV at `out` and a markdown
+    table at `markdown` (returned): the ablation table."""
     frames = []
     for name, path in summaries.items():
         frame = pd.read_csv(path)
@@ -179,4 +188,9 @@ def compare_experiments(summaries: dict[str, Path]) -> tuple[pd.DataFrame, str]:
         by_group = rows.set_index("group")
         cells = [" / ".join(f"{by_group.loc[g, k]:.2f}" for k in METRICS) for g in ("O->O", "M->O", "ALL")]
         lines.append(f"| {experiment} | {method} | " + " | ".join(cells) + " |")
-    return table, "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    with write_atomic(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with write_atomic(markdown) as tmp:
+        tmp.write_text(text)
+    return text

@@ -129,6 +129,20 @@ def evaluate_segmentation(segmenter, imputers: dict[str, tuple], store: Path, sp
     return pd.DataFrame(rows)
 
 
+def write_tables(table: pd.DataFrame, out_dir: Path) -> None:
+    """dice.csv and dice.md (the paper's Table 4 layout) in out_dir."""
+    with write_atomic(Path(out_dir) / "dice.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with write_atomic(Path(out_dir) / "dice.md") as tmp:
+        tmp.write_text(markdown_table(table))
+
+
+def logged_metrics(table: pd.DataFrame, split: str) -> dict[str, float]:
+    """Mean Dice per method as MLflow metrics: <split>/<method, spaces as _>/<dice_2d | dice_3d | dice_3d_vs_full>."""
+    means = table.groupby("method", sort=False)[["dice_2d", "dice_3d", "dice_3d_vs_full"]].mean()
+    return {f"{split}/{method.replace(' ', '_')}/{k}": v for method, row in means.iterrows() for k, v in row.items()}
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """Table 4 layout: a row per method, a column per missing contrast (Dice 3D / 2D, whole tumour);
     then the same against the segmentation from all real contrasts ("(Seg.)")."""

@@ -1,0 +1,158 @@
+"""Evaluation steps, in DAG order: evaluate -> compare; impute-split; train-segmenter -> evaluate-segmentation;
+and impute, for a user's own scans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from codebrain.cli.common import add_run_arguments, add_tracking_arguments, config_section, named_files, step_run
+from codebrain.io import InputError, default_device
+
+
+def cmd_evaluate(args):
+    from codebrain.evaluation.evaluate import evaluate, logged_metrics
+
+    out_dir = Path(args.out_dir)
+    with step_run(args, "evaluate_model", f"evaluate_model/{args.experiment}", record=args.run_record,
+                  experiment=args.experiment, split=args.split) as tracker:
+        means = evaluate(Path(args.model), Path(args.store), out_dir, args.split, args.batch_size)
+        tracker.log_metrics(logged_metrics(means, args.split))
+        for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png", "code_maps.png"):
+            if (out_dir / name).exists():
+                tracker.log_artifact(out_dir / name)
+    print(means[means.group == "ALL"].to_string(index=False))
+
+
+def cmd_compare(args):
+    from codebrain.evaluation.evaluate import compare_experiments
+
+    with step_run(args, "compare_experiments", "compare_experiments") as tracker:
+        markdown = compare_experiments({name: Path(path) for name, path in named_files(args.summary).items()},
+                                       Path(args.out), Path(args.markdown))
+        tracker.log_artifact(args.out)
+        tracker.log_artifact(args.markdown)
+    print(markdown)
+
+
+def cmd_impute_split(args):
+    from codebrain.checkpoints import load_codebrain
+    from codebrain.evaluation.impute import impute_subjects
+
+    stage1, prior, _ = load_codebrain(Path(args.model), args.contrasts)
+    device = default_device()
+    references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
+    with step_run(args, "impute_test_subjects", f"impute_test_subjects/{args.experiment}", experiment=args.experiment,
+                  split=args.split, **{"volumes.path": Path(args.out_dir).resolve()}) as tracker:
+        table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references,
+                                Path(args.out_dir), args.split)
+        tracker.log_metrics({"volumes": len(table), "subjects": table.subject.nunique()})
+        tracker.log_artifact(Path(args.out_dir) / "imputed.tsv")  # the volumes themselves stay on disk (large)
+    print(f"{len(table)} volumes for {table.subject.nunique()} subjects in {args.out_dir}")
+
+
+def cmd_train_segmenter(args):
+    from codebrain.evaluation.segmentation import train_segmenter
+    from codebrain.models.segmenter import SegmenterConfig
+    from codebrain.training.config import dataclass_from
+
+    try:
+        cfg = dataclass_from(SegmenterConfig, config_section(args), "segmentation")
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--config: {err}") from err
+    params = {f"segmentation.{k}": v for k, v in vars(cfg).items() if k != "contrasts"}
+    with step_run(args, "train_segmenter", "train_segmenter", params=params, record=args.run_record) as tracker:
+        metrics = train_segmenter(Path(args.store), cfg, Path(args.out), tracker)
+        tracker.log_metrics(metrics)
+    print(f"segmenter: validation whole-tumour Dice (2D) {metrics['val/dice_wt_2d']:.3f}")
+
+
+def cmd_evaluate_segmentation(args):
+    from codebrain.checkpoints import load_segmenter
+    from codebrain.evaluation.evaluate import load_imputer
+    from codebrain.evaluation.segmentation import evaluate_segmentation, logged_metrics, markdown_table, write_tables
+
+    device = default_device()
+    segmenter = load_segmenter(Path(args.segmenter), args.contrasts).to(device)
+    imputers = {name: load_imputer(path, args.contrasts, device) for name, path in named_files(args.model).items()}
+    out_dir = Path(args.out_dir)
+    with step_run(args, "evaluate_segmentation", "evaluate_segmentation", record=args.run_record,
+                  split=args.split) as tracker:
+        table = evaluate_segmentation(segmenter, imputers, Path(args.store), args.split)
+        write_tables(table, out_dir)
+        tracker.log_metrics(logged_metrics(table, args.split))
+        tracker.log_artifact(out_dir / "dice.csv")
+        tracker.log_artifact(out_dir / "dice.md")
+    print(markdown_table(table))
+
+
+def cmd_impute(args):
+    import tempfile
+
+    from codebrain.checkpoints import load_codebrain
+    from codebrain.evaluation.impute import impute_scans
+
+    stage1, prior, data = load_codebrain(args.model)
+    if "size" not in data:
+        raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
+    device = default_device()
+    with tempfile.TemporaryDirectory(prefix="codebrain-register-") as work_dir:
+        report = impute_scans(stage1.to(device), prior.to(device), data,
+                              named_files(args.input), args.target, Path(args.out), args.register, args.outside,
+                              Path(work_dir))
+    first, last = report["trained_range"]
+    print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
+    if report["outside"] == "impute":
+        print(f"note: {report['outside_trained_range']} of these brain slices lie outside the {last - first + 1} "
+              f"middle slices the model was trained on ({first}-{last}); their imputation is less certain")
+    else:
+        print(f"note: only slices {first}-{last} (the trained range) were imputed; "
+              f"{report['outside_trained_range']} other brain slices are left at 0")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("evaluate", help="every scenario on a split: metrics/scenarios.csv, summary.csv, tables, figures")
+    add_run_arguments(p, training=False)
+    p.add_argument("--model", required=True, help="Stage II or direct-regressor checkpoint")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="the experiments' summaries side by side (metrics/summary.csv)")
+    p.add_argument("--summary", action="append", required=True, metavar="EXPERIMENT=SUMMARY_CSV")
+    p.add_argument("--out", required=True)
+    p.add_argument("--markdown", required=True)
+    add_tracking_arguments(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("impute-split", help="every scenario for every subject of a split, as NIfTI volumes")
+    add_run_arguments(p, training=False)
+    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--references", required=True, help='JSON {subject: reference volume} (the grid to write on)')
+    p.add_argument("--split", default="test")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_impute_split)
+
+    p = sub.add_parser("train-segmenter", help="2D tumour U-Net (MONAI) on the real full-contrast training slices")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train_segmenter)
+
+    p = sub.add_parser("evaluate-segmentation", help="whole-tumour Dice with each missing contrast zero-filled, "
+                                                     "imputed by each model, or real (the paper's Table 4)")
+    add_run_arguments(p, training=False)
+    p.add_argument("--segmenter", required=True, help="train-segmenter checkpoint")
+    p.add_argument("--model", action="append", default=[], help="NAME=CHECKPOINT (Stage II or direct; repeatable)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_evaluate_segmentation)
+
+    p = sub.add_parser("impute", help="impute a missing contrast for your own subject")
+    p.add_argument("--model", required=True, help="Stage II checkpoint (results/<name>/models/<experiment>/stage2.pt)")
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=PATH")
+    p.add_argument("--target", required=True, help="the contrast to impute")
+    p.add_argument("--out", required=True, help="output NIfTI, on the first input's grid")
+    p.add_argument("--register", action="store_true", help="rigidly register the inputs to the first one (ANTs)")
+    p.add_argument("--outside", choices=["impute", "skip"], default="impute",
+                   help="brain slices outside the trained middle range: impute them too, or leave them at 0")
+    p.set_defaults(func=cmd_impute)

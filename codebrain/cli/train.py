@@ -1,0 +1,118 @@
+"""Training steps, in DAG order: train-stage1 -> cache-codes -> train-stage2; train-direct (the baseline);
+with-gpus (how the rules claim devices) and model-size (parameters and MACs of a config)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from codebrain.cli.common import add_run_arguments, config_section, experiment_from, step_run
+from codebrain.io import InputError
+
+
+def run_spec(args, rule: str):
+    """Where a training run reads and writes and how it is tracked (the loop opens its own MLflow run)."""
+    from codebrain.tracking import git_commit, tracking_uri
+    from codebrain.training.config import config_hash
+    from codebrain.training.loop import RunSpec
+
+    tags = {"rule": rule, "dataset": args.dataset, "experiment": args.experiment,
+            "config_hash": config_hash(config_section(args)), "git_commit": git_commit()}
+    return RunSpec(store=Path(args.store), out=Path(args.out), run_record=Path(args.run_record) if args.run_record else None,
+                   tracking_uri=tracking_uri(args.tracking_uri, args.results), experiment_name=args.dataset,
+                   run_name=f"{rule}/{args.experiment}", tags=tags)
+
+
+def cmd_train_stage1(args):
+    from codebrain.training.config import Experiment
+    from codebrain.training.stage1 import train
+
+    train(experiment_from(args, Experiment), run_spec(args, "train_stage1"))
+
+
+def cmd_cache_codes(args):
+    from codebrain.training.cache_codes import cache_codes, plot_level_histograms
+
+    out_dir = Path(args.out_dir)
+    with step_run(args, "cache_codes", f"cache_codes/{args.experiment}", record=args.run_record,
+                  experiment=args.experiment) as tracker:
+        report = cache_codes(Path(args.stage1), Path(args.store), out_dir, tuple(args.splits), args.batch_size)
+        plot_level_histograms(report, out_dir / "code_levels.png")
+        for split, usage in report["splits"].items():
+            tracker.log_metrics({f"{split}/{k}": v for k, v in usage.items() if isinstance(v, (int, float))})
+        tracker.log_artifact(out_dir / "codes.json")
+        if (out_dir / "code_levels.png").exists():
+            tracker.log_artifact(out_dir / "code_levels.png")
+    train = report["splits"]["train"]
+    if "codes_used" in train:
+        print(f"train codes used: {train['codes_used']} of {train['codebook_size']}, perplexity {train['perplexity']:.1f}")
+
+
+def cmd_train_stage2(args):
+    from codebrain.training.config import Experiment
+    from codebrain.training.stage2 import train
+
+    train(experiment_from(args, Experiment), run_spec(args, "train_stage2"), Path(args.stage1), Path(args.codes))
+
+
+def cmd_train_direct(args):
+    from codebrain.training.config import DirectExperiment
+    from codebrain.training.direct import train
+
+    train(experiment_from(args, DirectExperiment), run_spec(args, "train_direct"))
+
+
+def cmd_with_gpus(args):
+    from codebrain.gpus import run_with_gpus
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise InputError("with-gpus: no command given (codebrain with-gpus --count N -- COMMAND ...)")
+    devices = args.devices.split(",") if args.devices else None
+    return run_with_gpus(args.count, command, devices, Path(args.lock_dir) if args.lock_dir else None)
+
+
+def cmd_model_size(args):
+    from codebrain.models.complexity import complexity, format_table
+    from codebrain.training.config import Experiment
+
+    experiment = experiment_from(args, Experiment)
+    print(format_table(complexity(experiment.model, args.size), args.size))
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train-stage1", help="Stage I: codes + common features + decoder (run under accelerate launch)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train_stage1)
+
+    p = sub.add_parser("cache-codes", help="Stage I codes of every slice and contrast, for Stage II")
+    add_run_arguments(p, training=False)
+    p.add_argument("--stage1", required=True, help="Stage I checkpoint")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_cache_codes)
+
+    p = sub.add_parser("train-stage2", help="Stage II: code prediction from the available contrasts")
+    add_run_arguments(p)
+    p.add_argument("--stage1", required=True, help="Stage I checkpoint")
+    p.add_argument("--codes", required=True, help="code cache folder (cache-codes)")
+    p.set_defaults(func=cmd_train_stage2)
+
+    p = sub.add_parser("train-direct", help="the direct-regressor baseline (run under accelerate launch)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train_direct)
+
+    p = sub.add_parser("with-gpus", help="run a command on N GPUs no other job on this machine holds "
+                                         "(CUDA_VISIBLE_DEVICES); how training rules share a GPU machine")
+    p.add_argument("--count", type=int, required=True, help="GPUs to claim (0: run on the CPU)")
+    p.add_argument("--devices", help="device indices to choose from (default: CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    p.add_argument("--lock-dir", help="where the per-device lock files live (default: a folder in the temp dir)")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.set_defaults(func=cmd_with_gpus)
+
+    p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
+    p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
+    p.add_argument("--config", default="{}", help="experiment section: JSON, or a YAML/JSON file (e.g. config/models/paper.yaml)")
+    p.add_argument("--size", type=int, default=256)
+    p.set_defaults(func=cmd_model_size)
