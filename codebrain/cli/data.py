@@ -70,8 +70,7 @@ def cmd_extract_slices(args):
     labels = files.pop("seg", None)
     z_range = tuple(args.z_range) if args.z_range else None
     with step_run(args, "extract_slices", f"extract_slices/{args.subject}", subject=args.subject):
-        extract_subject(args.subject, files, args.contrasts, cfg, Path(args.out), z_range, labels,
-                        require_same_grid=True)
+        extract_subject(args.subject, files, args.contrasts, cfg, Path(args.out), z_range, labels)
 
 
 def cmd_build_store(args):

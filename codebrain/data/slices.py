@@ -42,10 +42,14 @@ def canonical(data: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
     return nib.orientations.apply_orientation(data, ornt)
 
 
-def check_same_grid(reference: nib.Nifti1Image, image: nib.Nifti1Image, path: Path, reference_path: Path):
+REGISTRATION_HINT = "turn registration on (registration.method: rigid)"
+
+
+def check_same_grid(reference: nib.Nifti1Image, image: nib.Nifti1Image, path: Path, reference_path: Path,
+                    hint: str = REGISTRATION_HINT):
     if reference.shape[:3] != image.shape[:3] or not np.allclose(reference.affine, image.affine, atol=1e-3):
         raise InputError(f"{path}: voxel grid {image.shape[:3]} differs from its reference {reference_path} "
-                         f"{reference.shape[:3]}; turn registration on (registration.method: rigid)")
+                         f"{reference.shape[:3]}; {hint}")
 
 
 def brain_mask(volumes: list[np.ndarray]) -> np.ndarray:
@@ -99,42 +103,55 @@ def crop_pad(volume: np.ndarray, corner: tuple[int, int], size: int) -> np.ndarr
     return out
 
 
-def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], cfg: SliceConfig,
-                    out_file: Path, z_range: tuple[int, int] | None = None, labels: Path | None = None,
-                    require_same_grid: bool = True) -> dict:
-    """Slices of one subject -> npz (slices K x N x S x S, z, normalisation, crop)."""
-    volumes, images = [], []
-    for contrast in contrasts:
-        data, image = load_volume(files[contrast])
-        if require_same_grid and images:
-            check_same_grid(images[0], image, files[contrast], files[contrasts[0]])
-        volumes.append(canonical(data, image))
-        images.append(image)
-    mask = brain_mask(volumes)
+def load_subject(files: dict[str, Path], grid_hint: str = REGISTRATION_HINT):
+    """{contrast: path} -> ({contrast: volume in RAS}, {contrast: NIfTI image}, brain mask); every volume must
+    share the first one's voxel grid. The store's slicing and `codebrain impute` both start here."""
+    first = next(iter(files))
+    volumes, images = {}, {}
+    for contrast, path in files.items():
+        data, image = load_volume(path)
+        if images:
+            check_same_grid(images[first], image, path, files[first], grid_hint)
+        volumes[contrast], images[contrast] = canonical(data, image), image
+    mask = brain_mask(list(volumes.values()))
     if not mask.any():
-        raise InputError(f"{files[contrasts[0]]}: empty brain mask (the volume has no foreground)")
-    if z_range is None:
-        z_range = slice_range(mask, cfg.n_slices, files[contrasts[0]])
-    first, last = z_range
-    if first < 0 or last >= mask.shape[2]:
-        raise InputError(f"{files[contrasts[0]]}: slices {first}..{last} asked for, "
-                         f"the volume has {mask.shape[2]} axial slices")
-    z = np.arange(first, last + 1)
-    corner = crop_window(mask[:, :, z], cfg.size)
+        raise InputError(f"{files[first]}: empty brain mask (the volume has no foreground)")
+    return volumes, images, mask
 
+
+def cut_slices(volumes: dict[str, np.ndarray], files: dict[str, Path], mask: np.ndarray, z: np.ndarray, size: int,
+               cfg: SliceConfig) -> tuple[np.ndarray, list[tuple[float, float]], tuple[int, int]]:
+    """Axial slices z of each volume, normalised to [0, 1] and cropped to size x size around the brain:
+    (K x N x S x S float32, each contrast's (low, high) intensity range, the crop's corner)."""
+    corner = crop_window(mask[:, :, z], size)
     stack, ranges = [], []
-    for contrast, volume in zip(contrasts, volumes):
+    for contrast, volume in volumes.items():
         low, high = normalisation_range(volume, mask, cfg)
         if high <= low:
             raise InputError(f"{files[contrast]}: constant intensity {low}, cannot normalise")
         ranges.append((low, high))
-        stack.append(crop_pad(normalise(volume[:, :, z], low, high), corner, cfg.size))
-    slices = np.stack(stack).transpose(3, 0, 1, 2).astype(cfg.dtype)  # N x S x S x K -> K x N x S x S
-    arrays = {"slices": slices, "z": z, "normalisation": np.array(ranges), "corner": np.array(corner),
-              "volume_shape": np.array(mask.shape)}
+        stack.append(crop_pad(normalise(volume[:, :, z], low, high), corner, size))
+    return np.stack(stack).transpose(3, 0, 1, 2), ranges, corner  # N x S x S x K -> K x N x S x S
+
+
+def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], cfg: SliceConfig,
+                    out_file: Path, z_range: tuple[int, int] | None = None, labels: Path | None = None) -> dict:
+    """Slices of one subject -> npz (slices K x N x S x S, z, normalisation, crop)."""
+    files = {contrast: files[contrast] for contrast in contrasts}
+    volumes, images, mask = load_subject(files)
+    first_file, reference = files[contrasts[0]], images[contrasts[0]]
+    if z_range is None:
+        z_range = slice_range(mask, cfg.n_slices, first_file)
+    first, last = z_range
+    if first < 0 or last >= mask.shape[2]:
+        raise InputError(f"{first_file}: slices {first}..{last} asked for, the volume has {mask.shape[2]} axial slices")
+    z = np.arange(first, last + 1)
+    slices, ranges, corner = cut_slices(volumes, files, mask, z, cfg.size, cfg)
+    arrays = {"slices": slices.astype(cfg.dtype), "z": z, "normalisation": np.array(ranges),
+              "corner": np.array(corner), "volume_shape": np.array(mask.shape)}
     if labels is not None:
         label_data, label_image = load_volume(labels)
-        check_same_grid(images[0], label_image, labels, files[contrasts[0]])
+        check_same_grid(reference, label_image, labels, first_file)
         label_slices = crop_pad(canonical(label_data, label_image)[:, :, z], corner, cfg.size)
         arrays["labels"] = label_slices.transpose(2, 0, 1).astype(np.uint8)  # K x S x S
     with write_atomic(out_file) as tmp:

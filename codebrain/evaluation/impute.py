@@ -68,9 +68,8 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     missing contrast has no intensity scale of its own. Brain slices outside the K middle ones
     the model was trained on are imputed too (outside="impute") or left at 0 ("skip").
     """
-    from codebrain.data.nifti import load_volume, save_volume
-    from codebrain.data.slices import (brain_mask, canonical, check_same_grid, crop_pad, crop_window, normalise,
-                                       normalisation_range, slice_config, slice_range)
+    from codebrain.data.nifti import save_volume
+    from codebrain.data.slices import cut_slices, load_subject, slice_config, slice_range
 
     contrasts = stage1.cfg.contrasts
     unknown = sorted(set(inputs) - set(contrasts)) + ([target] if target not in contrasts else [])
@@ -89,26 +88,13 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     cfg = slice_config(data.get("slicing", {}))
     size = data["size"]
     first = next(iter(inputs))
-    volumes, images = {}, {}
-    for contrast, path in inputs.items():
-        array, image = load_volume(path)
-        if images:
-            try:
-                check_same_grid(images[first], image, path, inputs[first])
-            except InputError as err:
-                raise InputError(f"{err}; or pass --register to register the inputs to {inputs[first]}") from None
-        volumes[contrast], images[contrast] = canonical(array, image), image
-    mask = brain_mask(list(volumes.values()))
-    if not mask.any():
-        raise InputError(f"{inputs[first]}: empty brain mask (the volume has no foreground)")
+    volumes, images, mask = load_subject(inputs, f"pass --register to register the inputs to {inputs[first]}")
     occupied = np.flatnonzero(mask.any(axis=(0, 1)))
     trained_first, trained_last = slice_range(mask, min(cfg.n_slices, mask.shape[2]), inputs[first])
     z = np.arange(occupied[0], occupied[-1] + 1) if outside == "impute" else np.arange(trained_first, trained_last + 1)
-    corner = crop_window(mask[:, :, z], size)
+    given, _, corner = cut_slices(volumes, inputs, mask, z, size, cfg)  # K x inputs x S x S
     stack = np.zeros((len(z), len(contrasts), size, size), np.float32)
-    for contrast, volume in volumes.items():
-        low, high = normalisation_range(volume, mask, cfg)
-        stack[:, contrasts.index(contrast)] = crop_pad(normalise(volume[:, :, z], low, high), corner, size).transpose(2, 0, 1)
+    stack[:, [contrasts.index(c) for c in inputs]] = given
     available = np.array([c in inputs for c in contrasts])
     device = next(stage1.parameters()).device
     image = torch.from_numpy(stack)
