@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_training import CONTRASTS, MODEL, cli, make_store
+from helpers import CONTRASTS, MODEL, cli, make_store
 
 from codebrain.evaluation.segmentation import dice, dice_2d_3d
 

@@ -1,11 +1,15 @@
 """Real Snakemake runs of the data DAG on the tiny phantom config (tests/config/tiny.yaml)."""
 
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import nibabel as nib
@@ -16,26 +20,27 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
 TINY_BRATS = REPO / "tests" / "config" / "tiny-brats.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--cores", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def workflow_copy(tmp_path_factory):
-    """These tests run a copy of the workflow and package sources, so one can edit a source file
-    (the code rerun trigger) without touching the repository; jobs run the installed package."""
-    import shutil
-
-    copy = tmp_path_factory.mktemp("workflow-copy")
+@cache
+def workflow_copy() -> Path:
+    """A copy of the workflow and package sources, made once per session, that these tests run, so one can
+    edit a source file (the code rerun trigger) without touching the repository; jobs run the installed
+    package."""
+    copy = Path(tempfile.mkdtemp(prefix="codebrain-workflow-copy-"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
     for part in ("workflow", "config", "envs", "codebrain"):
         shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "Snakefile", copy / "Snakefile")
-    SNAKEMAKE[3:3] = ["-s", str(copy / "Snakefile")]
-    yield copy
-    del SNAKEMAKE[3:5]
+    return copy
+
+
+def snakemake_command() -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(workflow_copy() / "Snakefile")]
 
 
 def snakemake(workdir, *args, configfile=TINY, check=True):
-    result = subprocess.run(SNAKEMAKE + ["-d", str(workdir), *args, "--configfile", str(configfile)],
+    result = subprocess.run(snakemake_command() + ["-d", str(workdir), *args, "--configfile", str(configfile)],
                             capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
@@ -170,10 +175,10 @@ def test_another_tracking_store_reruns_nothing(workdir, tmp_path):
     assert planned_jobs(workdir[0], configfile=changed) == {}
 
 
-def test_edited_model_source_reruns_training_not_preprocessing(workdir, workflow_copy):
+def test_edited_model_source_reruns_training_not_preprocessing(workdir):
     """An edited model file: every training step and what follows, but no registration or slicing."""
     path, _ = workdir
-    source = workflow_copy / "codebrain" / "models" / "fsq.py"
+    source = workflow_copy() / "codebrain" / "models" / "fsq.py"
     original = source.read_text()
     source.write_text(original + "\n# an edit\n")
     try:
@@ -189,7 +194,6 @@ def test_edited_model_source_reruns_training_not_preprocessing(workdir, workflow
 def test_killed_training_job_resumes_from_its_checkpoint(workdir, tmp_path):
     """Kill Snakemake and its training job mid-run: nothing looks finished, and the rerun picks the
     job up from its last Accelerate checkpoint instead of step 0."""
-    import shutil
     import signal
 
     path = tmp_path / "killed"
@@ -203,7 +207,7 @@ def test_killed_training_job_resumes_from_its_checkpoint(workdir, tmp_path):
     state = path / f"{target}.state"
     shutil.rmtree(state, ignore_errors=True)
     output = open(tmp_path / "snakemake.out", "w")
-    process = subprocess.Popen(SNAKEMAKE + ["-d", str(path), target, "--configfile", str(configfile)],
+    process = subprocess.Popen(snakemake_command() + ["-d", str(path), target, "--configfile", str(configfile)],
                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     while not list(state.glob("checkpoint-*")) and time.time() < deadline and process.poll() is None:

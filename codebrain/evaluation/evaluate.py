@@ -77,28 +77,38 @@ def markdown_tables(table: pd.DataFrame, summary: pd.DataFrame) -> str:
 
 @torch.no_grad()
 def exemplar_figure(imputer, method: str, slices, contrasts, path: Path, index: int) -> None:
-    """One slice: for each scenario and missing target, truth, imputation and absolute error (Fig. 3/4 style)."""
+    """One test slice as a grid (the paper's Fig. 3): per target two rows, the imputation and its absolute
+    error, one column per scenario (blank where the target is given), the truth in the first column."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
-    panels = []
-    for available in all_scenarios(len(contrasts)):
-        imputed = imputer(image.to(imputer_device(imputer)), available)[0][method].clamp(0, 1).cpu()
-        panels += [(scenario_name(available), contrasts[t], image[0, t].numpy(), imputed[0, t].numpy())
-                   for t in np.flatnonzero(~available)]
-    fig, axes = plt.subplots(3, len(panels), figsize=(1.5 * len(panels), 4.8), squeeze=False)
-    for column, (scenario, target, truth, output) in enumerate(panels):
-        for row, (picture, cmap, vmax) in enumerate([(truth, "gray", 1), (output, "gray", 1),
-                                                      (np.abs(output - truth), "magma", 0.3)]):
-            axes[row, column].imshow(np.rot90(picture), cmap=cmap, vmin=0, vmax=vmax)
-            axes[row, column].axis("off")
-        axes[0, column].set_title(f"{scenario} -> {target}", fontsize=7)
-    for row, label in enumerate(["truth", METHOD_NAMES[method], "|error| (0-0.3)"]):
-        axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
-                          ha="right", fontsize=7)
+    scenarios = all_scenarios(len(contrasts))
+    outputs = [imputer(image.to(imputer_device(imputer)), available)[0][method].clamp(0, 1).cpu()[0].numpy()
+               for available in scenarios]  # per scenario: N x S x S
+    rows, columns = 2 * len(contrasts), 1 + len(scenarios)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.05 * columns, 1.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for t, target in enumerate(contrasts):
+        truth = image[0, t].numpy()
+        axes[2 * t, 0].imshow(np.rot90(truth), cmap="gray", vmin=0, vmax=1)
+        axes[2 * t, 0].set_title(f"{target} (truth)", fontsize=7)
+        for column, (available, output) in enumerate(zip(scenarios, outputs), start=1):
+            if 2 * t == 0:
+                axes[0, column].set_title(scenario_name(available), fontsize=7)
+            if available[t]:
+                continue
+            axes[2 * t, column].imshow(np.rot90(output[t]), cmap="gray", vmin=0, vmax=1)
+            axes[2 * t + 1, column].imshow(np.rot90(np.abs(output[t] - truth)), cmap="magma", vmin=0, vmax=0.3)
+        axes[2 * t, 0].text(-0.08, 0.5, METHOD_NAMES[method], transform=axes[2 * t, 0].transAxes, rotation=90,
+                            va="center", ha="right", fontsize=6)
+        axes[2 * t + 1, 1].text(-0.08, 0.5, "|error| (0-0.3)", transform=axes[2 * t + 1, 1].transAxes, rotation=90,
+                                va="center", ha="right", fontsize=6)
+    fig.suptitle(f"Test slice {index}: columns are the available contrasts as bits in the order "
+                 f"{', '.join(contrasts)}", fontsize=8)
     fig.tight_layout()
     with write_atomic(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

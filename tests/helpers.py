@@ -1,0 +1,58 @@
+"""Helpers shared by the training, evaluation and segmentation tests: a tiny synthetic slice store, a tiny
+model config, and the `codebrain` CLI run as the rules run it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter
+
+CONTRASTS = ["T1", "T2", "PD"]
+MODEL = {"width": 4, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks": 1, "code_dim": 3, "levels": 5,
+         "prior_width": 4, "prior_enc_blocks": [1, 1], "prior_middle_blocks": 1, "disc_width": 8, "disc_layers": 2}
+
+
+def make_store(folder: Path, n_train=16, n_val=4, size=16, seed=0, nan_slice=None, tumours=False) -> Path:
+    """Slices whose three contrasts are different intensity maps of one smooth anatomy; with tumours,
+    a disc on half the slices, bright in the first contrast only, labelled 1..3 from the rim in."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    yy, xx = np.mgrid[:size, :size]
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_val)):
+        anatomy = np.stack([gaussian_filter(rng.random((size, size)), 2) for _ in range(count)])
+        anatomy = (anatomy - anatomy.min()) / (anatomy.max() - anatomy.min())
+        stack = np.stack([anatomy, 1 - anatomy, anatomy ** 2], 1).astype(np.float16)
+        if split == "train" and nan_slice is not None:
+            stack[nan_slice, 0, 0, 0] = np.nan
+        if tumours:
+            labels = np.zeros((count, size, size), np.uint8)
+            for i in range(0, count, 2):
+                centre, radius = rng.uniform(size / 4, 3 * size / 4, 2), rng.uniform(size / 8, size / 5)
+                distance = np.hypot(yy - centre[0], xx - centre[1]) / radius
+                labels[i] = np.select([distance < 0.4, distance < 0.7, distance < 1], [1, 3, 2], 0)
+            stack[:, 0] = np.where(labels > 0, 1.0, stack[:, 0])
+            np.save(folder / f"{split}_labels.npy", labels)
+            subjects = np.arange(count) // 4  # four slices per "subject"
+            pd.DataFrame({"subject": [f"s{s}" for s in subjects], "z": np.arange(count) % 4}).to_csv(
+                folder / f"{split}.tsv", sep="\t", index_label="index")
+        np.save(folder / f"{split}.npy", stack)
+        splits[split] = {"subjects": 1, "slices": count, "labels": tumours}
+    (folder / "store.json").write_text(json.dumps({"contrasts": CONTRASTS, "splits": splits, "size": size,
+                                                   "dtype": "float16"}))
+    return folder
+
+
+def cli(*args, processes=1, check=True, env=None):
+    """The codebrain CLI; processes > 1: under accelerate launch, data-parallel on the CPU (gloo)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command = [*(launch if processes > 1 else [sys.executable]), "-m", "codebrain.cli", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return result
