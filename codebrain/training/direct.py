@@ -9,7 +9,7 @@ from codebrain.evaluation.scenarios import DirectImputer
 from codebrain.models.direct import DirectRegressor
 from codebrain.models.losses import psnr_loss, reconstruction_weights
 from codebrain.training.config import DirectExperiment
-from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer
+from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
 
 
 class DirectStage:
@@ -30,17 +30,11 @@ class DirectStage:
         weights = reconstruction_weights(mask, self.cfg.available_weight, self.cfg.missing_weight)
         losses = {"psnr_loss": psnr_loss(output, batch.image, weights)}
         guard(losses)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(losses["psnr_loss"])
-        self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        optimise(self.accelerator, self.optimizer, losses["psnr_loss"], self.model, self.cfg.grad_clip)
         return losses
 
     def imputer(self):
         return DirectImputer(self.accelerator.unwrap_model(self.model))
-
-    def state_dict(self) -> dict:
-        return self.accelerator.unwrap_model(self.model).state_dict()
 
 
 def train(experiment: DirectExperiment, spec: RunSpec) -> dict:

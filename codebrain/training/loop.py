@@ -119,6 +119,14 @@ def make_optimizer(parameters, cfg: TrainConfig, lr: float | None = None, betas=
     return kind(parameters, lr=lr or cfg.lr, betas=tuple(betas or cfg.betas), weight_decay=cfg.weight_decay)
 
 
+def optimise(accelerator, optimizer, loss: torch.Tensor, model, grad_clip: float) -> None:
+    """One optimiser step on `loss`: gradients through Accelerate (DDP, mixed precision), clipped to grad_clip."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def check_finite(accelerator, losses: dict, step: int, state) -> None:
     """Stop every process together when any process sees a NaN/inf loss, naming the step."""
     bad = torch.tensor([0.0 if all(torch.isfinite(v).all() for v in losses.values()) else 1.0],
@@ -160,6 +168,7 @@ class Stage(Protocol):
     cfg: TrainConfig
     model_config: object  # saved in the checkpoint so the network can be rebuilt
     accelerator: Accelerator
+    model: torch.nn.Module  # the network the final checkpoint holds (as prepared by Accelerate)
     optimizers: list[tuple[torch.optim.Optimizer, float]]  # (optimizer, base learning rate of its cosine)
 
     def train_step(self, batch: TrainingBatch, guard: Callable[[dict], None]) -> dict[str, torch.Tensor]:
@@ -167,9 +176,6 @@ class Stage(Protocol):
 
     def imputer(self):
         """The imputer validation scores (evaluation/scenarios.py)."""
-
-    def state_dict(self) -> dict:
-        """The weights the final checkpoint holds."""
 
 
 def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = None, codes_dir: Path | None = None,
@@ -232,7 +238,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     bar.close()
 
     if main:
-        save_checkpoint(spec.out, stage.name, stage.state_dict(), stage.model_config, progress.step, metrics,
+        save_checkpoint(spec.out, stage.name, accelerator.unwrap_model(stage.model).state_dict(), stage.model_config, progress.step, metrics,
                         experiment=section, data=dataset.summary, **checkpoint_extra)
         tracker.log_checkpoint(spec.out)
     state.clear(accelerator)

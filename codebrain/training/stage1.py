@@ -14,7 +14,7 @@ from codebrain.models.losses import psnr_loss, reconstruction_weights
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.reconstructor import Reconstructor
 from codebrain.training.config import Experiment
-from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer
+from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
 
 
 class StageOne:
@@ -56,27 +56,18 @@ class StageOne:
         losses["quantiser_loss"] = quantiser_loss
         guard(losses)
         if use_gan:
-            self.opt_d.zero_grad(set_to_none=True)
-            accelerator.backward(losses["disc_loss"])
-            accelerator.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
-            self.opt_d.step()
+            optimise(accelerator, self.opt_d, losses["disc_loss"], self.disc, cfg.grad_clip)
             # the generator sees the updated D without DDP, so this pass's D gradients never sync
             fooled = accelerator.unwrap_model(self.disc)(torch.cat(condition + [reconstruction], 1))
             losses["adversarial_loss"] = adversarial_loss(fooled, True, cfg.gan_loss)
             guard({"adversarial_loss": losses["adversarial_loss"]})
         generator_loss = (losses["psnr_loss"] + losses["quantiser_loss"]
                           + cfg.gan_weight * losses.get("adversarial_loss", 0.0))
-        self.opt_g.zero_grad(set_to_none=True)
-        accelerator.backward(generator_loss)
-        accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt_g.step()
+        optimise(accelerator, self.opt_g, generator_loss, self.model, cfg.grad_clip)
         return losses
 
     def imputer(self):
         return CodeBrainImputer(self.accelerator.unwrap_model(self.model))
-
-    def state_dict(self) -> dict:
-        return self.accelerator.unwrap_model(self.model).state_dict()
 
 
 def train(experiment: Experiment, spec: RunSpec) -> dict:

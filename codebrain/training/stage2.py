@@ -16,7 +16,7 @@ from codebrain.io import InputError
 from codebrain.models.config import PRIOR_FIELDS, STAGE1_FIELDS, ModelConfig
 from codebrain.models.prior import CodePrior
 from codebrain.training.config import Experiment
-from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer
+from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
 
 
 class StageTwo:
@@ -27,27 +27,21 @@ class StageTwo:
         set_seed(self.cfg.seed)
         prior = CodePrior(model_config)
         optimizer = make_optimizer(prior.parameters(), self.cfg)
-        self.prior, self.optimizer = accelerator.prepare(prior, optimizer)
+        self.model, self.optimizer = accelerator.prepare(prior, optimizer)  # E_prior
         self.optimizers = [(self.optimizer, self.cfg.lr)]
         self.stage1 = stage1.to(accelerator.device).requires_grad_(False)
 
     def train_step(self, batch: TrainingBatch, guard) -> dict:
-        self.prior.train()
+        self.model.train()
         masked = batch.image * batch.scenario_mask[:, :, None, None]  # M_s
-        logits = self.prior(masked)
-        losses = {"code_loss": self.accelerator.unwrap_model(self.prior).loss(logits, batch.codes)}
+        logits = self.model(masked)
+        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, batch.codes)}
         guard(losses)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(losses["code_loss"])
-        self.accelerator.clip_grad_norm_(self.prior.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        optimise(self.accelerator, self.optimizer, losses["code_loss"], self.model, self.cfg.grad_clip)
         return losses
 
     def imputer(self):
-        return CodeBrainImputer(self.stage1, self.accelerator.unwrap_model(self.prior))
-
-    def state_dict(self) -> dict:
-        return self.accelerator.unwrap_model(self.prior).state_dict()
+        return CodeBrainImputer(self.stage1, self.accelerator.unwrap_model(self.model))
 
 
 def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint: Path, codes_dir: Path) -> dict:
