@@ -35,3 +35,10 @@ def test_bids_tree_with_sessions_and_gadolinium(tmp_path):
     assert list(found) == ["sub-6692_ses-pre"]  # sub-0002 lacks contrasts: dropped
     assert found["sub-6692_ses-pre"]["T1Gd"].name == "sub-6692_ses-pre_ce-gadolinium_T1w.nii.gz"
     assert found["sub-6692_ses-pre"]["T1"].name == "sub-6692_ses-pre_T1w.nii.gz"
+
+
+def test_every_real_case_the_readme_lists_is_there():
+    """tests/data/realdata/README.md's table names only folders that exist."""
+    rows = [line.split("|")[1].strip() for line in (REALDATA / "README.md").read_text().splitlines()
+            if line.startswith("| ") and "/" in line.split("|")[1]]
+    assert rows and all((REALDATA / row).is_dir() for row in rows), rows

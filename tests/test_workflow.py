@@ -395,6 +395,44 @@ def test_impute_refuses_bad_requests(workdir, tmp_path, inputs, target, message)
     assert not (tmp_path / "x.nii.gz").exists()
 
 
+def test_impute_never_overwrites_an_input_or_guesses(workdir, tmp_path):
+    """--out may not be an input nor, without --overwrite, an existing file; a contrast given twice and a
+    constant (all-zero) volume are refused, each naming the file."""
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    model = out / "models" / "codebrain" / "stage2.pt"
+    raw = {c: out / "raw" / f"IXI-{c}" / f"IXI001-Phantom-0001-{c}.nii.gz" for c in ("T1", "T2", "PD")}
+    t2_before = raw["T2"].read_bytes()
+
+    def impute(*inputs, out_file, extra=()):
+        pairs = [x for pair in inputs for x in ("--input", pair)]
+        return codebrain_cli("impute", "--model", model, *pairs, "--target", "T1", "--out", out_file, *extra)
+
+    result = impute(f"T2={raw['T2']}", f"PD={raw['PD']}", out_file=raw["T2"])
+    assert result.returncode == 2 and "is the T2 input" in result.stderr
+    assert raw["T2"].read_bytes() == t2_before
+
+    existing = tmp_path / "t1.nii.gz"
+    existing.write_bytes(b"a file of the user's")
+    result = impute(f"T2={raw['T2']}", f"PD={raw['PD']}", out_file=existing)
+    assert result.returncode == 2 and "exists; pass --overwrite" in result.stderr
+    assert existing.read_bytes() == b"a file of the user's"
+    result = impute(f"T2={raw['T2']}", f"PD={raw['PD']}", out_file=existing, extra=["--overwrite"])
+    assert result.returncode == 0, result.stderr
+    assert nib.load(existing).shape == nib.load(raw["T2"]).shape
+
+    result = impute(f"T2={tmp_path / 'unreadable.nii.gz'}", f"T2={raw['T2']}", f"PD={raw['PD']}",
+                    out_file=tmp_path / "twice.nii.gz")
+    assert result.returncode == 2 and "T2 given twice" in result.stderr
+
+    pd_image = nib.load(raw["PD"])
+    zero = tmp_path / "zero-PD.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(pd_image.shape, np.float32), pd_image.affine), zero)
+    result = impute(f"T2={raw['T2']}", f"PD={zero}", out_file=tmp_path / "zero.nii.gz")
+    assert result.returncode == 2 and "zero-PD.nii.gz: constant intensity" in result.stderr
+    assert not (tmp_path / "zero.nii.gz").exists() and not (tmp_path / "twice.nii.gz").exists()
+
+
 def test_impute_names_a_missing_model(tmp_path):
     result = codebrain_cli("impute", "--model", tmp_path / "none.pt", "--input", "T1=a.nii.gz", "--target", "T2",
                            "--out", tmp_path / "x.nii.gz")

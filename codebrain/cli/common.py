@@ -16,6 +16,8 @@ def named_files(pairs: list[str]) -> dict[str, Path]:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise InputError(f"expected NAME=PATH, got {pair!r}")
+        if name in files:
+            raise InputError(f"{name} given twice ({name}={files[name]} and {pair}); give each once")
         files[name] = Path(path)
     return files
 
@@ -80,10 +82,13 @@ def add_tracking_arguments(p, dataset: str = ""):
 
 
 def add_run_arguments(p, training: bool = True):
+    """--store, --contrasts and the tracking arguments; training steps also take --out and --config."""
     p.add_argument("--store", required=True, help="slice store folder (store.json)")
-    p.add_argument("--out", required=training, help="final checkpoint (written only when training completes)")
     p.add_argument("--contrasts", nargs="+", required=True)
-    p.add_argument("--config", default="{}", help="experiment section {protocol, model, stage1, stage2}: JSON, or a YAML/JSON file")
+    if training:
+        p.add_argument("--out", required=True, help="final checkpoint (written only when training completes)")
+        p.add_argument("--config", default="{}", help="experiment section {protocol, model, stage1, stage2}: JSON, "
+                                                      "or a YAML/JSON file")
     p.add_argument("--run-record", help="JSON with the MLflow run id, written at the end")
     add_tracking_arguments(p, dataset="codebrain")
     p.add_argument("--experiment", default="default", help="name of this model variant")

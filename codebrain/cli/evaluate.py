@@ -16,7 +16,7 @@ def cmd_evaluate(args):
     out_dir = Path(args.out_dir)
     with step_run(args, "evaluate_model", f"evaluate_model/{args.experiment}", record=args.run_record,
                   experiment=args.experiment, split=args.split) as tracker:
-        means = evaluate(Path(args.model), Path(args.store), out_dir, args.split, args.batch_size)
+        means = evaluate(Path(args.model), Path(args.store), out_dir, args.contrasts, args.split, args.batch_size)
         tracker.log_metrics(logged_metrics(means, args.split))
         for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png", "code_maps.png"):
             if (out_dir / name).exists():
@@ -92,13 +92,19 @@ def cmd_impute(args):
     from codebrain.checkpoints import load_codebrain
     from codebrain.evaluation.impute import impute_scans
 
+    inputs, out = named_files(args.input), Path(args.out)
+    for contrast, path in inputs.items():
+        if path.resolve() == out.resolve():
+            raise InputError(f"--out {out}: is the {contrast} input; write the imputed {args.target} elsewhere")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out {out}: exists; pass --overwrite to replace it")
     stage1, prior, data = load_codebrain(args.model)
     if "size" not in data:
         raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
     device = default_device()
     with tempfile.TemporaryDirectory(prefix="codebrain-register-") as work_dir:
         report = impute_scans(stage1.to(device), prior.to(device), data,
-                              named_files(args.input), args.target, Path(args.out), args.register, args.outside,
+                              inputs, args.target, out, args.register, args.outside,
                               Path(work_dir))
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
@@ -152,6 +158,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--input", action="append", required=True, metavar="CONTRAST=PATH")
     p.add_argument("--target", required=True, help="the contrast to impute")
     p.add_argument("--out", required=True, help="output NIfTI, on the first input's grid")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--register", action="store_true", help="rigidly register the inputs to the first one (ANTs)")
     p.add_argument("--outside", choices=["impute", "skip"], default="impute",
                    help="brain slices outside the trained middle range: impute them too, or leave them at 0")

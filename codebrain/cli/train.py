@@ -36,7 +36,8 @@ def cmd_cache_codes(args):
     out_dir = Path(args.out_dir)
     with step_run(args, "cache_codes", f"cache_codes/{args.experiment}", record=args.run_record,
                   experiment=args.experiment) as tracker:
-        report = cache_codes(Path(args.stage1), Path(args.store), out_dir, tuple(args.splits), args.batch_size)
+        report = cache_codes(Path(args.stage1), Path(args.store), out_dir, args.contrasts, tuple(args.splits),
+                             args.batch_size)
         plot_level_histograms(report, out_dir / "code_levels.png")
         for split, usage in report["splits"].items():
             tracker.log_metrics({f"{split}/{k}": v for k, v in usage.items() if isinstance(v, (int, float))})

@@ -157,12 +157,12 @@ def imputer_device(imputer):
     return next(model.parameters()).device
 
 
-def evaluate(checkpoint: Path, store: Path, out_dir: Path, split: str = "test", batch_size: int = 32) -> pd.DataFrame:
+def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str], split: str = "test",
+             batch_size: int = 32) -> pd.DataFrame:
+    """Refused when the store, the checkpoint or `contrasts` disagree on the contrasts."""
     device = default_device()
-    _, summary = open_store(store, split)
-    contrasts = summary["contrasts"]
-    imputer, method = load_imputer(checkpoint, contrasts, device)
     slices, _ = open_store(store, split, contrasts)
+    imputer, method = load_imputer(checkpoint, contrasts, device)
     table = evaluate_scenarios(imputer, slices, contrasts, device, batch_size, brain=True)
     table["method"] = table.method.map(METHOD_NAMES)
     table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")

@@ -20,11 +20,12 @@ from codebrain.io import default_device, write_atomic
 
 
 @torch.no_grad()
-def cache_codes(checkpoint: Path, store: Path, out_dir: Path, splits=("train", "val"), batch_size: int = 64,
-                device: str | None = None) -> dict:
+def cache_codes(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str], splits=("train", "val"),
+                batch_size: int = 64, device: str | None = None) -> dict:
+    """Refused when the store, the Stage I checkpoint or `contrasts` disagree on the contrasts."""
     device = device or default_device()
-    _, summary = open_store(store, splits[0])
-    model, _ = load_stage1(checkpoint, summary["contrasts"])
+    _, summary = open_store(store, splits[0], contrasts)
+    model, _ = load_stage1(checkpoint, contrasts)
     model.to(device)
     cfg = model.cfg
     report = {"contrasts": cfg.contrasts, "code_shape": None, "splits": {}}
