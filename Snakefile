@@ -1,5 +1,7 @@
 # CodeBrain: raw multi-contrast MRI -> registered volumes -> slice store -> Stage I -> codes -> Stage II -> evaluation.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from codebrain.workflow import validate_config
 
 min_version("9.0")
 
@@ -7,7 +9,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

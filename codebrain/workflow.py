@@ -12,6 +12,25 @@ from codebrain.data.phantom import FLAVOURS
 from codebrain.training.config import config_hash, stage_section
 
 
+def validate_config(config: dict, schema: str) -> None:
+    """Snakemake's schema validation (it fills the defaults), failing with jsonschema's one-line reason, the
+    key it concerns and what is allowed there, instead of Snakemake's dump of the whole schema."""
+    from jsonschema.exceptions import ValidationError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, schema)
+    except WorkflowError as err:
+        error = err.__context__  # Snakemake raises its WorkflowError while handling jsonschema's error
+        if not isinstance(error, ValidationError):
+            raise
+        key = ".".join(map(str, error.absolute_path)) or "(top level)"
+        allowed = ""  # jsonschema's own message names the allowed values of an enum, not the allowed keys
+        if error.validator == "additionalProperties":
+            allowed = f"; allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}"
+        raise WorkflowError(f"config {key}: {error.message}{allowed}") from None
+
+
 def check_config(config: dict) -> None:
     """Cross-key checks the JSON schema cannot express, each naming the key."""
     dataset = config["dataset"]

@@ -243,6 +243,10 @@ def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
     (lambda c: c["experiments"]["codebrain"].update(protocol="preprint"), r"'preprint' is not one of"),
     (lambda c: c.update(tracking={"uri": "http://127.0.0.1:9"}), r"tracking.uri: MLflow server http://127.0.0.1:9 is not reachable"),
     (lambda c: c.update(training={"gpus": 64}), r"training.gpus: 64 GPUs per job, but this machine has"),
+    (lambda c: c.update(trainig={"gpus": 0}), r"config \(top level\): Additional properties are not allowed "
+                                              r"\('trainig' was unexpected\); allowed keys: .*training"),
+    (lambda c: c["slices"].update(normalisation="zscore"),
+     r"config slices.normalisation: 'zscore' is not one of \['minmax', 'percentile'\]"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     """Schema errors when Snakemake parses the config; a GPU count this machine lacks or an MLflow server that
@@ -254,6 +258,7 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     result = snakemake(tmp_path, configfile=bad, check=False)
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr)
+    assert "Failed validating" not in result.stdout + result.stderr  # the reason, not Snakemake's dump of the schema
     assert not (tmp_path / "results").exists()
 
 
