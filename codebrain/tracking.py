@@ -36,19 +36,45 @@ def tracking_uri(configured: str | None, results: str | Path) -> str:
     return f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
 
 
+LOCK_TIMEOUT_VARIABLE = "CODEBRAIN_LOCK_TIMEOUT"  # seconds to wait for the SQLite store's lock (default 300)
+
+
+class StoreLockTimeout(RuntimeError):
+    pass
+
+
 @contextmanager
-def store_lock(uri: str):
-    """Exclusive lock beside a sqlite:/// store for the duration of the block; a server needs none."""
+def store_lock(uri: str, timeout_s: float | None = None):
+    """Exclusive lock beside a sqlite:/// store for the duration of the block; a server needs none. The holder
+    writes its pid, host and start time into the lock file, so a wait past timeout_s (default
+    $CODEBRAIN_LOCK_TIMEOUT or 300 s) ends with an error that names who holds it."""
     if not uri.startswith("sqlite:///"):
         yield
         return
+    if timeout_s is None:
+        timeout_s = float(os.environ.get(LOCK_TIMEOUT_VARIABLE, 300))
     lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(lock_path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = lock_path.read_text().strip() or "unknown (an older codebrain)"
+                    raise StoreLockTimeout(f"{lock_path}: MLflow store locked for over {timeout_s:g} s by {holder}; "
+                                           f"stop that process or raise {LOCK_TIMEOUT_VARIABLE}") from None
+                time.sleep(0.05)
         try:
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
             yield
         finally:
+            handle.truncate(0)
+            handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

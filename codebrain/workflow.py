@@ -59,7 +59,7 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
     """onstart: refuse a GPU count this machine lacks or an MLflow server that does not answer, before any
     job; then open the parent MLflow run that the job runs nest under."""
     from codebrain.gpus import machine_gpus
-    from codebrain.tracking import git_commit, open_invocation
+    from codebrain.tracking import StoreLockTimeout, git_commit, open_invocation
 
     gpus = config["training"]["gpus"]
     if local and gpus > (available := len(machine_gpus())):
@@ -68,5 +68,5 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
             "targets": " ".join(targets) or "all", "jobs": jobs}
     try:
         open_invocation(uri, config["dataset"]["name"], tags, config)
-    except ConnectionError as err:
+    except (ConnectionError, StoreLockTimeout) as err:
         raise WorkflowError(f"config tracking.uri: {err}") from None

@@ -314,3 +314,30 @@ def test_sqlite_artefacts_live_beside_the_database(tmp_path):
     run = client.search_runs([client.get_experiment_by_name("where").experiment_id])[0]
     assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
     assert (store / "mlartifacts").exists() and sorted(p.name for p in elsewhere.iterdir()) == ["note.txt"]
+
+
+def test_a_held_store_lock_times_out_naming_its_holder(tmp_path):
+    """A job stuck inside the SQLite store's lock no longer makes every other command wait forever."""
+    from codebrain.tracking import StoreLockTimeout, store_lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    hold = "import sys, time\nfrom codebrain.tracking import store_lock\nwith store_lock(sys.argv[1]):\n" \
+           "    print('held', flush=True)\n    time.sleep(120)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLockTimeout, match=rf"mlflow.db.lock: MLflow store locked for over 0.5 s by "
+                                                   rf"pid {holder.pid} on \S+ since 20"):
+            with store_lock(uri, timeout_s=0.5):
+                pass
+        result = subprocess.run([sys.executable, "-m", "codebrain.cli", "check-raw", "--root", tmp_path, "--layout",
+                                 "ixi", "--contrasts", "T1", "T2", "--out", tmp_path / "m.tsv", "--dataset", "d",
+                                 "--results", tmp_path], capture_output=True, text=True,
+                                env={**os.environ, "CODEBRAIN_LOCK_TIMEOUT": "0.5", "MLFLOW_TRACKING_URI": ""})
+        assert result.returncode == 3 and f"by pid {holder.pid}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with store_lock(uri, timeout_s=5):  # a killed holder's lock is free again
+        pass
