@@ -355,8 +355,9 @@ def test_restacked_store_slices_give_back_the_registered_volume(workdir):
     assert np.allclose(volume.affine, reference.affine)
 
 
-def codebrain_cli(*args):
-    return subprocess.run([sys.executable, "-m", "codebrain.cli", *map(str, args)], capture_output=True, text=True)
+def codebrain_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "codebrain.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
 def test_impute_a_users_own_scans(workdir, tmp_path):
@@ -379,10 +380,15 @@ def test_impute_a_users_own_scans(workdir, tmp_path):
     assert "only slices" in result.stdout
     assert (nib.load(tmp_path / "skip.nii.gz").get_fdata() > 0).any(axis=(0, 1)).sum() < (data > 0).any(axis=(0, 1)).sum()
 
+    stale = tmp_path / ".pd.nii.gz.register"  # what a killed --register run leaves: swept by the next one
+    stale.mkdir()
+    (tmp_path / "tmp").mkdir()
     result = codebrain_cli("impute", "--model", model, "--input", f"T1={raw['T1']}", "--input", f"T2={raw['T2']}",
-                           "--target", "PD", "--out", tmp_path / "pd.nii.gz", "--register")
+                           "--target", "PD", "--out", tmp_path / "pd.nii.gz", "--register",
+                           env={"TMPDIR": str(tmp_path / "tmp")})
     assert result.returncode == 0, result.stderr
     assert nib.load(tmp_path / "pd.nii.gz").shape == nib.load(raw["T1"]).shape
+    assert not stale.exists() and not list((tmp_path / "tmp").glob("codebrain-register-*"))
 
 
 @pytest.mark.parametrize("inputs,target,message", [

@@ -4,6 +4,7 @@ data (cli/data.py), training (cli/train.py), evaluation and imputation (cli/eval
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from codebrain.cli import data, evaluate, train
@@ -20,6 +21,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # a plain `kill` unwinds like an error: temporary folders are removed and the MLflow run is marked FAILED
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         code = args.func(args)
     except InputError as err:

@@ -87,7 +87,7 @@ def cmd_evaluate_segmentation(args):
 
 
 def cmd_impute(args):
-    import tempfile
+    import shutil
 
     from codebrain.checkpoints import load_codebrain
     from codebrain.evaluation.impute import impute_scans
@@ -102,10 +102,13 @@ def cmd_impute(args):
     if "size" not in data:
         raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
     device = default_device()
-    with tempfile.TemporaryDirectory(prefix="codebrain-register-") as work_dir:
-        report = impute_scans(stage1.to(device), prior.to(device), data,
-                              inputs, args.target, out, args.register, args.outside,
-                              Path(work_dir))
+    work_dir = out.parent / f".{out.name}.register"  # beside the output: what a killed run left, the next one sweeps
+    shutil.rmtree(work_dir, ignore_errors=True)
+    try:
+        report = impute_scans(stage1.to(device), prior.to(device), data, inputs, args.target, out, args.register,
+                              args.outside, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
     if report["outside"] == "impute":
