@@ -335,6 +335,7 @@ def test_a_held_store_lock_times_out_naming_its_holder(tmp_path):
                                  "--results", tmp_path], capture_output=True, text=True,
                                 env={**os.environ, "CODEBRAIN_LOCK_TIMEOUT": "0.5", "MLFLOW_TRACKING_URI": ""})
         assert result.returncode == 3 and f"by pid {holder.pid}" in result.stderr
+        assert f"MLflow runs go to {uri}" in result.stderr  # run by hand: it says where it logs
         assert "Traceback" not in result.stderr
     finally:
         holder.kill()

@@ -50,12 +50,27 @@ def experiment_from(args, kind):
     return experiment
 
 
+def store_uri(args) -> str:
+    """The MLflow store this command logs to; said on stderr when neither --tracking-uri nor
+    MLFLOW_TRACKING_URI chose it (a command run by hand), so no store appears unannounced."""
+    import os
+    import sys
+
+    from codebrain.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, args.results)
+    if not args.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"codebrain {args.command}: MLflow runs go to {uri} (--tracking-uri or MLFLOW_TRACKING_URI to change)",
+              file=sys.stderr)
+    return uri
+
+
 @contextmanager
 def step_run(args, rule: str, run_name: str, params: dict | None = None, record: str | None = None, **tags):
     """The MLflow run of one step, nested under the invocation's run: FINISHED with its run record when the
     block ends, FAILED if it raises. params default to the command's arguments. Disabled when the command
     gets no --dataset (data commands run by hand)."""
-    from codebrain.tracking import Tracker, git_commit, tracking_uri
+    from codebrain.tracking import Tracker, git_commit
     from codebrain.training.config import config_hash
 
     if not args.dataset:
@@ -64,7 +79,7 @@ def step_run(args, rule: str, run_name: str, params: dict | None = None, record:
         if params is None:
             params = {k: v for k, v in vars(args).items()
                       if k not in ("func", "command", "tracking_uri", "results", "dataset")}
-        tracker = Tracker(True, tracking_uri(args.tracking_uri, args.results), args.dataset, run_name,
+        tracker = Tracker(True, store_uri(args), args.dataset, run_name,
                           {"rule": rule, "dataset": args.dataset, **tags, "config_hash": config_hash(params),
                            "git_commit": git_commit()}, params)
     try:

@@ -6,20 +6,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from codebrain.cli.common import add_run_arguments, config_section, experiment_from, step_run
+from codebrain.cli.common import add_run_arguments, config_section, experiment_from, step_run, store_uri
 from codebrain.io import InputError
 
 
 def run_spec(args, rule: str):
     """Where a training run reads and writes and how it is tracked (the loop opens its own MLflow run)."""
-    from codebrain.tracking import git_commit, tracking_uri
+    from codebrain.tracking import git_commit
     from codebrain.training.config import config_hash
     from codebrain.training.loop import RunSpec
 
     tags = {"rule": rule, "dataset": args.dataset, "experiment": args.experiment,
             "config_hash": config_hash(config_section(args)), "git_commit": git_commit()}
     return RunSpec(store=Path(args.store), out=Path(args.out), run_record=Path(args.run_record) if args.run_record else None,
-                   tracking_uri=tracking_uri(args.tracking_uri, args.results), experiment_name=args.dataset,
+                   tracking_uri=store_uri(args), experiment_name=args.dataset,
                    run_name=f"{rule}/{args.experiment}", tags=tags)
 
 
