@@ -1,5 +1,6 @@
-"""What the Snakefile does at start-up, kept here so that workflow/rules/ holds only rules and get_* helpers:
-config checks beyond the schema, the experiments' sections per step, and the invocation's MLflow run."""
+"""What the Snakefile does at start-up, kept here so that workflow/rules/ holds only rules, constants and get_*
+helpers: schema validation with short messages, config checks beyond the schema, the raw subjects, each
+experiment's section per training step, accelerate's launch options and the invocation's MLflow run."""
 
 from __future__ import annotations
 
@@ -70,3 +71,38 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
         open_invocation(uri, config["dataset"]["name"], tags, config)
     except (ConnectionError, StoreLockTimeout) as err:
         raise WorkflowError(f"config tracking.uri: {err}") from None
+
+
+def raw_subjects(config: dict) -> dict[str, dict[str, str]]:
+    """{subject: {kind: path}} of the configured raw data: the phantom's paths (config has a phantom section),
+    or the subjects discovered under dataset.root with the layout's naming."""
+    from codebrain.data import layouts
+
+    dataset = config["dataset"]
+    kinds = dataset["contrasts"] + (["seg"] if dataset["labels"] else [])
+    if "phantom" in config:
+        flavour = config["phantom"]["flavour"]
+        return {subject: {k: str(p) for k, p in layouts.phantom_subject_files(flavour, dataset["root"], subject,
+                                                                              kinds).items() if k in kinds}
+                for subject in phantom_subjects(config)}
+    found = layouts.discover(dataset["root"], dataset["layout"], dataset["contrasts"], dataset["on_missing_contrast"],
+                             dataset["labels"])
+    return {subject: {k: str(p) for k, p in files.items()} for subject, files in found.items()}
+
+
+def phantom_subjects(config: dict) -> dict[str, int]:
+    """{subject id: phantom index} of the phantom cohort."""
+    from codebrain.data.layouts import phantom_subject_id
+
+    flavour = config["phantom"]["flavour"]
+    return {phantom_subject_id(flavour, i): i for i in range(1, config["phantom"]["n_subjects"] + 1)}
+
+
+def launch_args(config: dict, accelerate_configs: str) -> str:
+    """accelerate launch options from config/accelerate/ (single or multi): one process per GPU (training.gpus,
+    the training rules' gpu resource); on the CPU, training.cpu_processes."""
+    gpus = config["training"]["gpus"]
+    processes = gpus or config["training"]["cpu_processes"]
+    setup = "multi" if processes > 1 else "single"
+    return (f"--config_file {accelerate_configs}/{setup}.yaml --num_processes {processes}"
+            + (" --cpu" if gpus == 0 and processes == 1 else ""))

@@ -6,10 +6,12 @@ from functools import cache
 from pathlib import Path
 
 import pandas as pd
+
 from codebrain.data import layouts
 from codebrain.tracking import close_invocation, tracking_uri
 from codebrain.training.config import split_experiments
-from codebrain.workflow import check_config, experiment_json, start_invocation
+from codebrain.workflow import (check_config, experiment_json, launch_args, phantom_subjects, raw_subjects,
+                                start_invocation)
 
 check_config(config)
 
@@ -23,6 +25,8 @@ REGISTER = config["registration"]["method"] != "none"
 SPLITS = ["train", "val", "test"]
 PACKAGE = Path(workflow.basedir) / "codebrain"
 ACCELERATE_CONFIGS = Path(workflow.basedir) / "config" / "accelerate"
+LAUNCH_ARGS = launch_args(config, ACCELERATE_CONFIGS)
+
 
 def source_hash(*modules):
     """Hash of the package sources behind a step (Snakemake's code trigger sees only shell text)."""
@@ -33,34 +37,21 @@ def source_hash(*modules):
 
 
 @cache
-def phantom_subjects():
-    flavour = config["phantom"]["flavour"]
-    return {layouts.phantom_subject_id(flavour, i): i for i in range(1, config["phantom"]["n_subjects"] + 1)}
-
-
-@cache
-def raw_subjects():
-    """{subject: {kind: path}} for the configured raw data (the phantom's paths, or discovered)."""
-    if "phantom" in config:
-        flavour = config["phantom"]["flavour"]
-        return {s: {k: str(p) for k, p in layouts.phantom_subject_files(flavour, DATASET["root"], s, RAW_KINDS).items()
-                    if k in RAW_KINDS}
-                for s in phantom_subjects()}
-    found = layouts.discover(DATASET["root"], DATASET["layout"], CONTRASTS, DATASET["on_missing_contrast"],
-                             DATASET["labels"])
-    return {s: {k: str(p) for k, p in files.items()} for s, files in found.items()}
+def get_raw_subjects():
+    """{subject: {kind: path}}, found once, when the DAG first asks (`download_raw` runs before there are any)."""
+    return raw_subjects(config)
 
 
 def get_subjects():
-    return sorted(raw_subjects())
+    return sorted(get_raw_subjects())
 
 
 def get_raw_files(wildcards):
-    return raw_subjects()[wildcards.subject]
+    return get_raw_subjects()[wildcards.subject]
 
 
 def get_all_raw_files(wildcards):
-    return [path for files in raw_subjects().values() for path in files.values()]
+    return [path for files in get_raw_subjects().values() for path in files.values()]
 
 
 def phantom_outputs():
@@ -77,9 +68,9 @@ def slice_input_files(subject):
     if REGISTER:
         files = {c: f"{OUT}/registered/{subject}/{c}.nii.gz" for c in CONTRASTS}
     else:
-        files = {c: raw_subjects()[subject][c] for c in CONTRASTS}
+        files = {c: get_raw_subjects()[subject][c] for c in CONTRASTS}
     if DATASET["labels"]:
-        files["seg"] = raw_subjects()[subject]["seg"]
+        files["seg"] = get_raw_subjects()[subject]["seg"]
     return files
 
 
@@ -140,16 +131,6 @@ def get_experiment_json(name, stage):
 
 
 ONE_GPU = min(1, config["training"]["gpus"])  # evaluation, imputation and segmentation jobs: one GPU when training uses GPUs
-
-
-def launch_args():
-    """accelerate launch options, config/accelerate/ (single or multi): one process per GPU (training.gpus,
-    the training rules' gpu resource); on the CPU, training.cpu_processes."""
-    gpus = config["training"]["gpus"]
-    processes = gpus or config["training"]["cpu_processes"]
-    setup = "multi" if processes > 1 else "single"
-    return (f"--config_file {ACCELERATE_CONFIGS}/{setup}.yaml --num_processes {processes}"
-            + (" --cpu" if gpus == 0 and processes == 1 else ""))
 
 
 def get_tracking_args(wildcards):

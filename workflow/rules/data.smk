@@ -9,7 +9,7 @@ if "phantom" in config:
         params:
             tracking=get_tracking_args,
             flavour=config["phantom"]["flavour"],
-            index=lambda wildcards: phantom_subjects()[wildcards.subject],
+            index=lambda wildcards: phantom_subjects(config)[wildcards.subject],
             downsample=config["phantom"]["downsample"],
             seed=config["phantom"]["seed"],
             root=lambda wildcards, output: Path(output[0]).parent.parent,

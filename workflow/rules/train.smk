@@ -11,7 +11,7 @@ rule train_stage1:
         checkpoint=f"{OUT}/models/{{experiment}}/stage1.pt",
         record=f"{OUT}/models/{{experiment}}/stage1.run.json",
     params:
-        launch=launch_args(),
+        launch=LAUNCH_ARGS,
         config=lambda wildcards: get_experiment_json(wildcards.experiment, "stage1"),
         store=lambda wildcards, input: Path(input.store).parent,
         contrasts=" ".join(CONTRASTS),
@@ -80,7 +80,7 @@ rule train_stage2:
         checkpoint=f"{OUT}/models/{{experiment}}/stage2.pt",
         record=f"{OUT}/models/{{experiment}}/stage2.run.json",
     params:
-        launch=launch_args(),
+        launch=LAUNCH_ARGS,
         config=lambda wildcards: get_experiment_json(wildcards.experiment, "stage2"),
         store=lambda wildcards, input: Path(input.store).parent,
         codes=lambda wildcards, input: Path(input.codes).parent,
@@ -115,7 +115,7 @@ rule train_direct:
         checkpoint=f"{OUT}/models/{{experiment}}/direct.pt",
         record=f"{OUT}/models/{{experiment}}/direct.run.json",
     params:
-        launch=launch_args(),
+        launch=LAUNCH_ARGS,
         config=lambda wildcards: get_experiment_json(wildcards.experiment, "train"),
         store=lambda wildcards, input: Path(input.store).parent,
         contrasts=" ".join(CONTRASTS),
