@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import planned_jobs, snakemake
+
 from codebrain.data.phantom import PhantomConfig, make_subject
 
 REALDATA = Path(__file__).parent / "data" / "realdata"
@@ -23,3 +25,12 @@ def brats_phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom-brats")
     cfg = PhantomConfig(flavour="brats", n_subjects=2, downsample=2.0, seed=3)
     return root, {i: make_subject(i, cfg, root) for i in (1, 2)}
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    """The whole DAG on tests/config/tiny.yaml, run once: (its folder, the jobs it planned)."""
+    workdir = tmp_path_factory.mktemp("tiny-dag")
+    planned = planned_jobs(workdir)
+    snakemake(workdir)
+    return workdir, planned

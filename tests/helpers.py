@@ -1,10 +1,15 @@
-"""Helpers shared by the training, evaluation and segmentation tests: a tiny synthetic slice store, a tiny
-model config, and the `codebrain` CLI run as the rules run it."""
+"""Helpers shared by the tests: a tiny synthetic slice store and model config, the `codebrain` CLI run as the
+rules run it, and Snakemake run on a copy of the workflow with the tiny configs."""
 
+import atexit
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +61,40 @@ def cli(*args, processes=1, check=True, env=None):
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "config" / "tiny.yaml"
+TINY_BRATS = REPO / "tests" / "config" / "tiny-brats.yaml"
+
+
+@cache
+def workflow_copy() -> Path:
+    """A copy of the workflow and package sources, made once per session, that these tests run, so one can
+    edit a source file (the code rerun trigger) without touching the repository; jobs run the installed
+    package."""
+    copy = Path(tempfile.mkdtemp(prefix="codebrain-workflow-copy-"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    for part in ("workflow", "config", "envs", "codebrain"):
+        shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
+    return copy
+
+
+def snakemake_command() -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(workflow_copy() / "Snakefile")]
+
+
+def snakemake(workdir, *args, configfile=TINY, check=True):
+    result = subprocess.run(snakemake_command() + ["-d", str(workdir), *args, "--configfile", str(configfile)],
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+def planned_jobs(workdir, *args, configfile=TINY) -> dict[str, int]:
+    """Job counts per rule from a dry run."""
+    out = snakemake(workdir, *args, "-n", "--quiet", "rules", configfile=configfile)
+    text = out.stdout + out.stderr
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M) if m[1] != "total"}

@@ -1,65 +1,20 @@
-"""Real Snakemake runs of the data DAG on the tiny phantom config (tests/config/tiny.yaml)."""
+"""Real Snakemake runs of the whole DAG on the tiny phantom configs (tests/config/tiny.yaml, tiny-brats.yaml):
+planning, reruns, resume, config errors, MLflow runs, the report and profiles."""
 
-import atexit
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from functools import cache
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "config" / "tiny.yaml"
-TINY_BRATS = REPO / "tests" / "config" / "tiny-brats.yaml"
-
-
-@cache
-def workflow_copy() -> Path:
-    """A copy of the workflow and package sources, made once per session, that these tests run, so one can
-    edit a source file (the code rerun trigger) without touching the repository; jobs run the installed
-    package."""
-    copy = Path(tempfile.mkdtemp(prefix="codebrain-workflow-copy-"))
-    atexit.register(shutil.rmtree, copy, ignore_errors=True)
-    for part in ("workflow", "config", "envs", "codebrain"):
-        shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
-    return copy
-
-
-def snakemake_command() -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(workflow_copy() / "Snakefile")]
-
-
-def snakemake(workdir, *args, configfile=TINY, check=True):
-    result = subprocess.run(snakemake_command() + ["-d", str(workdir), *args, "--configfile", str(configfile)],
-                            capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
-    return result
-
-
-def planned_jobs(workdir, *args, configfile=TINY) -> dict[str, int]:
-    """Job counts per rule from a dry run."""
-    out = snakemake(workdir, *args, "-n", "--quiet", "rules", configfile=configfile)
-    text = out.stdout + out.stderr
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M) if m[1] != "total"}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny-dag")
-    planned = planned_jobs(workdir)
-    snakemake(workdir)
-    return workdir, planned
+from helpers import REPO, TINY, TINY_BRATS, planned_jobs, snakemake, snakemake_command, workflow_copy
 
 
 def test_one_registration_job_per_subject(workdir):
@@ -268,22 +223,6 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_imputed_volumes_sit_on_the_reference_grid(workdir):
-    import pandas as pd
-
-    path, _ = workdir
-    out = path / "results" / "tiny"
-    imputed = pd.read_csv(out / "imputed" / "codebrain" / "imputed.tsv", sep="\t", dtype={"scenario": str})
-    test_subjects = pd.read_csv(out / "slices" / "test.tsv", sep="\t").subject.unique()
-    assert len(imputed) == 9 * len(test_subjects)  # 6 scenarios, 9 (scenario, target) pairs per subject
-    for row in imputed.itertuples():
-        volume, reference = nib.load(path / row.path), nib.load(out / "registered" / row.subject / "T2.nii.gz")
-        assert volume.shape == reference.shape and np.allclose(volume.affine, reference.affine)
-        assert row.scenario[["T1", "T2", "PD"].index(row.target)] == "0"
-    metrics = pd.read_csv(out / "metrics" / "codebrain" / "summary.csv")
-    assert set(metrics.group) == {"O->O", "M->O", "ALL"}
-
-
 def test_every_model_step_is_an_mlflow_run(workdir):
     from mlflow.tracking import MlflowClient
 
@@ -328,126 +267,6 @@ def test_experiments_side_by_side(workdir):
     row = table[(table.experiment == "ce") & (table.method == "CodeBrain") & (table.group == "ALL")].iloc[0]
     assert row.psnr == pytest.approx(each.loc[("ALL", "CodeBrain"), "psnr"])
     assert "| ce | CodeBrain |" in (metrics / "summary.md").read_text()
-
-
-def test_restacked_store_slices_give_back_the_registered_volume(workdir):
-    """Slices -> volume is the inverse of volume -> slices: the test subject's own T1 slices, restacked,
-    equal the registered T1 inside the sliced window (up to float16 rounding)."""
-    import pandas as pd
-
-    from codebrain.evaluation.volumes import restack
-
-    path, _ = workdir
-    store = path / "results" / "tiny" / "slices"
-    rows = pd.read_csv(store / "test.tsv", sep="\t")
-    subject = rows.subject.iloc[0]
-    mine = rows[rows.subject == subject]
-    geometry = pd.read_csv(store / "geometry.tsv", sep="\t").set_index("subject").loc[subject]
-    low, high = pd.read_csv(store / "normalisation.tsv", sep="\t").set_index(["subject", "contrast"]).loc[
-        (subject, "T1"), ["low", "high"]]
-    slices = np.load(store / "test.npy")[mine["index"].to_numpy(), 0]  # T1
-    reference = nib.load(path / "results" / "tiny" / "registered" / subject / "T1.nii.gz")
-    volume = restack(slices, mine.z.to_numpy(), (geometry.x0, geometry.y0), low, high, reference)
-    back, original = volume.get_fdata(), reference.get_fdata()
-    inside = back != 0
-    assert inside.sum() > 0.5 * len(mine) * 40 * 40 * 0.3  # a real part of the window holds brain/head
-    assert np.abs(back[inside] - original[inside]).max() <= 1e-3 * (high - low) + 1e-6
-    assert np.allclose(volume.affine, reference.affine)
-
-
-def codebrain_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "codebrain.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
-def test_impute_a_users_own_scans(workdir, tmp_path):
-    path, _ = workdir
-    out = path / "results" / "tiny"
-    model = out / "models" / "codebrain" / "stage2.pt"
-    raw = {c: out / "raw" / f"IXI-{c}" / f"IXI001-Phantom-0001-{c}.nii.gz" for c in ("T1", "T2", "PD")}
-
-    result = codebrain_cli("impute", "--model", model, "--input", f"T2={raw['T2']}", "--input", f"PD={raw['PD']}",
-                           "--target", "T1", "--out", tmp_path / "t1.nii.gz")
-    assert result.returncode == 0, result.stderr
-    assert "outside the 4 middle slices the model was trained on" in result.stdout
-    imputed, reference = nib.load(tmp_path / "t1.nii.gz"), nib.load(raw["T2"])
-    assert imputed.shape == reference.shape and np.allclose(imputed.affine, reference.affine)
-    data = imputed.get_fdata()
-    assert 0 <= data.min() and data.max() <= 1 and data.max() > 0.2
-
-    result = codebrain_cli("impute", "--model", model, "--input", f"T2={raw['T2']}", "--input", f"PD={raw['PD']}",
-                           "--target", "T1", "--out", tmp_path / "skip.nii.gz", "--outside", "skip")
-    assert "only slices" in result.stdout
-    assert (nib.load(tmp_path / "skip.nii.gz").get_fdata() > 0).any(axis=(0, 1)).sum() < (data > 0).any(axis=(0, 1)).sum()
-
-    stale = tmp_path / ".pd.nii.gz.register"  # what a killed --register run leaves: swept by the next one
-    stale.mkdir()
-    (tmp_path / "tmp").mkdir()
-    result = codebrain_cli("impute", "--model", model, "--input", f"T1={raw['T1']}", "--input", f"T2={raw['T2']}",
-                           "--target", "PD", "--out", tmp_path / "pd.nii.gz", "--register",
-                           env={"TMPDIR": str(tmp_path / "tmp")})
-    assert result.returncode == 0, result.stderr
-    assert nib.load(tmp_path / "pd.nii.gz").shape == nib.load(raw["T1"]).shape
-    assert not stale.exists() and not list((tmp_path / "tmp").glob("codebrain-register-*"))
-
-
-@pytest.mark.parametrize("inputs,target,message", [
-    (["T2", "PD"], "FLAIR", r"unknown contrast\(s\) \['FLAIR'\]: this model knows \['T1', 'T2', 'PD'\]"),
-    (["T2", "PD"], "PD", r"--target PD is also an input"),
-    (["T1", "T2"], "PD", r"voxel grid .* differs .* pass --register"),
-])
-def test_impute_refuses_bad_requests(workdir, tmp_path, inputs, target, message):
-    path, _ = workdir
-    out = path / "results" / "tiny"
-    pairs = [x for c in inputs for x in ("--input", f"{c}={out / 'raw' / f'IXI-{c}' / f'IXI001-Phantom-0001-{c}.nii.gz'}")]
-    result = codebrain_cli("impute", "--model", out / "models" / "codebrain" / "stage2.pt", *pairs, "--target", target,
-                           "--out", tmp_path / "x.nii.gz")
-    assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
-    assert not (tmp_path / "x.nii.gz").exists()
-
-
-def test_impute_never_overwrites_an_input_or_guesses(workdir, tmp_path):
-    """--out may not be an input nor, without --overwrite, an existing file; a contrast given twice and a
-    constant (all-zero) volume are refused, each naming the file."""
-    path, _ = workdir
-    out = path / "results" / "tiny"
-    model = out / "models" / "codebrain" / "stage2.pt"
-    raw = {c: out / "raw" / f"IXI-{c}" / f"IXI001-Phantom-0001-{c}.nii.gz" for c in ("T1", "T2", "PD")}
-    t2_before = raw["T2"].read_bytes()
-
-    def impute(*inputs, out_file, extra=()):
-        pairs = [x for pair in inputs for x in ("--input", pair)]
-        return codebrain_cli("impute", "--model", model, *pairs, "--target", "T1", "--out", out_file, *extra)
-
-    result = impute(f"T2={raw['T2']}", f"PD={raw['PD']}", out_file=raw["T2"])
-    assert result.returncode == 2 and "is the T2 input" in result.stderr
-    assert raw["T2"].read_bytes() == t2_before
-
-    existing = tmp_path / "t1.nii.gz"
-    existing.write_bytes(b"a file of the user's")
-    result = impute(f"T2={raw['T2']}", f"PD={raw['PD']}", out_file=existing)
-    assert result.returncode == 2 and "exists; pass --overwrite" in result.stderr
-    assert existing.read_bytes() == b"a file of the user's"
-    result = impute(f"T2={raw['T2']}", f"PD={raw['PD']}", out_file=existing, extra=["--overwrite"])
-    assert result.returncode == 0, result.stderr
-    assert nib.load(existing).shape == nib.load(raw["T2"]).shape
-
-    result = impute(f"T2={tmp_path / 'unreadable.nii.gz'}", f"T2={raw['T2']}", f"PD={raw['PD']}",
-                    out_file=tmp_path / "twice.nii.gz")
-    assert result.returncode == 2 and "T2 given twice" in result.stderr
-
-    pd_image = nib.load(raw["PD"])
-    zero = tmp_path / "zero-PD.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros(pd_image.shape, np.float32), pd_image.affine), zero)
-    result = impute(f"T2={raw['T2']}", f"PD={zero}", out_file=tmp_path / "zero.nii.gz")
-    assert result.returncode == 2 and "zero-PD.nii.gz: constant intensity" in result.stderr
-    assert not (tmp_path / "zero.nii.gz").exists() and not (tmp_path / "twice.nii.gz").exists()
-
-
-def test_impute_names_a_missing_model(tmp_path):
-    result = codebrain_cli("impute", "--model", tmp_path / "none.pt", "--input", "T1=a.nii.gz", "--target", "T2",
-                           "--out", tmp_path / "x.nii.gz")
-    assert result.returncode == 2 and "none.pt: no such checkpoint" in result.stderr
 
 
 @pytest.fixture(scope="module")
