@@ -71,6 +71,10 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
         open_invocation(uri, config["dataset"]["name"], tags, config)
     except (ConnectionError, StoreLockTimeout) as err:
         raise WorkflowError(f"config tracking.uri: {err}") from None
+    except Exception as err:  # MLflow, SQLAlchemy and the file system raise many types for a store it cannot write
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WorkflowError(f"config tracking.uri: {uri}: the MLflow store cannot be written "
+                            f"({type(err).__name__}: {cause})") from None
 
 
 def raw_subjects(config: dict) -> dict[str, dict[str, str]]:

@@ -217,6 +217,23 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_store_that_cannot_be_written_fails_at_start_up_in_one_line(tmp_path):
+    """A tracking store Snakemake cannot create (here its folder is a file) stops the invocation before any job,
+    naming the URI and the cause, without a traceback."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    config = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
+    config["tracking"] = {"uri": f"sqlite:///{blocker}/mlflow.db"}
+    configfile = tmp_path / "unwritable.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, configfile=configfile, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(rf"config tracking.uri: sqlite:///{re.escape(str(blocker))}/mlflow.db: the MLflow store cannot "
+                     rf"be written \((FileExistsError|NotADirectoryError)", output), output[-2000:]
+    assert "Traceback" not in output and not (tmp_path / "results").exists()
+
+
 def test_lint_is_clean():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
