@@ -57,7 +57,6 @@ class FSQ(nn.Module):
     def level_counts(self) -> list[int]:
         return self.levels_list
 
-
     @property
     def codebook_size(self) -> int:
         return int(torch.prod(self.levels))

@@ -238,7 +238,8 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     bar.close()
 
     if main:
-        save_checkpoint(spec.out, stage.name, accelerator.unwrap_model(stage.model).state_dict(), stage.model_config, progress.step, metrics,
+        weights = accelerator.unwrap_model(stage.model).state_dict()
+        save_checkpoint(spec.out, stage.name, weights, stage.model_config, progress.step, metrics,
                         experiment=section, data=dataset.summary, **checkpoint_extra)
         tracker.log_checkpoint(spec.out)
     state.clear(accelerator)

@@ -1,4 +1,4 @@
-"""Stage I: E_posterior + quantiser + E_s + D_a against a PatchGAN (docs/design.md, "Stage I").
+"""Stage I: E_posterior + quantiser + E_s + D_a against a PatchGAN (docs/design.md, "The method").
 
 One step: reconstruct each sample's anchor from its code and the common features of the masked
 stack, PSNR loss + lambda * adversarial loss. The loop around it is training/loop.py's `fit`.
