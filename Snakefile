@@ -6,7 +6,11 @@ from codebrain.workflow import validate_config
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A user's --configfile is the whole config (Snakemake would otherwise deep-merge it into this default, leaking
+# the phantom and the demo's experiments into every run); the phantom demo applies only without one.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")

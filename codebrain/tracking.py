@@ -138,12 +138,27 @@ def experiment_id(client, uri: str, experiment: str) -> str:
     """The experiment's id, created on first use. A SQLite store keeps its artefacts beside the
     database (MLflow's default is ./mlruns under whatever directory the job happens to run in)."""
     found = client.get_experiment_by_name(experiment)
-    if found:
-        return found.experiment_id
     artifacts = None
     if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        database = Path(uri.removeprefix("sqlite:///"))
+        artifacts = (database.parent / "mlartifacts").resolve().as_uri()
+        if found and found.artifact_location != artifacts:
+            rebase_artifacts(database, found.artifact_location, artifacts)
+    if found:
+        return found.experiment_id
     return client.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+
+
+def rebase_artifacts(database: Path, old: str, new: str) -> None:
+    """A copied or moved results folder: its SQLite store still names the original folder's artefacts (MLflow
+    keeps absolute artefact URIs); point the experiment and its runs at the ones beside this database, so that a
+    copy never writes into the original."""
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, old))
+        connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE artifact_uri LIKE ?",
+                           (new, len(old) + 1, old + "/%"))
 
 
 def start_parent_run(uri: str, experiment: str, run_name: str, tags: dict, config: dict) -> str:

@@ -94,6 +94,20 @@ def raw_subjects(config: dict) -> dict[str, dict[str, str]]:
     return {subject: {k: str(p) for k, p in files.items()} for subject, files in found.items()}
 
 
+def check_raw_data(config: dict, can_download: bool) -> bool:
+    """Whether dataset.root holds at least one complete subject of dataset.layout; when it does not and there is
+    nothing to download, a one-line WorkflowError naming the root and what is missing."""
+    from codebrain.io import InputError
+
+    try:
+        raw_subjects(config)
+    except InputError as err:
+        if can_download:
+            return False
+        raise WorkflowError(f"config dataset.root: {err}") from None
+    return True
+
+
 def phantom_subjects(config: dict) -> dict[str, int]:
     """{subject id: phantom index} of the phantom cohort."""
     from codebrain.data.layouts import phantom_subject_id
@@ -102,11 +116,15 @@ def phantom_subjects(config: dict) -> dict[str, int]:
     return {phantom_subject_id(flavour, i): i for i in range(1, config["phantom"]["n_subjects"] + 1)}
 
 
-def launch_args(config: dict, accelerate_configs: str) -> str:
+ACCELERATE_CONFIGS = "CODEBRAIN_ACCELERATE_CONFIGS"  # environment variable: the folder of config/accelerate/
+
+
+def launch_args(config: dict) -> str:
     """accelerate launch options from config/accelerate/ (single or multi): one process per GPU (training.gpus,
-    the training rules' gpu resource); on the CPU, training.cpu_processes."""
+    the training rules' gpu resource); on the CPU, training.cpu_processes. The folder comes through the environment
+    (set at start-up), so that the rule parameters hold no absolute path: a moved checkout reruns nothing."""
     gpus = config["training"]["gpus"]
     processes = gpus or config["training"]["cpu_processes"]
     setup = "multi" if processes > 1 else "single"
-    return (f"--config_file {accelerate_configs}/{setup}.yaml --num_processes {processes}"
+    return (f"--config_file ${ACCELERATE_CONFIGS}/{setup}.yaml --num_processes {processes}"
             + (" --cpu" if gpus == 0 and processes == 1 else ""))

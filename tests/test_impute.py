@@ -49,7 +49,7 @@ def test_restacked_store_slices_give_back_the_registered_volume(workdir):
         (subject, "T1"), ["low", "high"]]
     slices = np.load(store / "test.npy")[mine["index"].to_numpy(), 0]  # T1
     reference = nib.load(path / "results" / "tiny" / "registered" / subject / "T1.nii.gz")
-    volume = restack(slices, mine.z.to_numpy(), (geometry.x0, geometry.y0), low, high, reference)
+    volume = restack([(slices, (geometry.x0, geometry.y0))], mine.z.to_numpy(), low, high, reference)
     back, original = volume.get_fdata(), reference.get_fdata()
     inside = back != 0
     assert inside.sum() > 0.5 * len(mine) * 40 * 40 * 0.3  # a real part of the window holds brain/head

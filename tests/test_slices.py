@@ -100,7 +100,7 @@ def make_store(tmp_path, n_subjects=6, contrasts=("T1", "T2", "PD")):
         k = 3 + i % 2
         np.savez(path, slices=rng.random((k, len(contrasts), 8, 8)).astype(np.float16), z=np.arange(10, 10 + k),
                  normalisation=np.tile([0.0, 100.0 + i], (len(contrasts), 1)), corner=np.array([i, -i]),
-                 volume_shape=np.array([20, 20, 30]))
+                 volume_shape=np.array([20, 20, 30]), voxel_size=np.array([1.0, 1.0, 1.0]))
         files[f"s{i}"] = path
     assignment = assign_splits(sorted(files), {"train": 0.5, "val": 0.25, "test": 0.25}, 0)
     summary = build_store(files, assignment, list(contrasts), tmp_path / "store")

@@ -25,9 +25,13 @@ def cmd_download(args):
 
     for spec in args.url:
         url, _, sha256 = spec.partition("#sha256=")
-        archive = download(url, Path(args.dest) / url.rsplit("/", 1)[-1], sha256 or None)
-        if args.root and ".tar" in archive.name:
-            extract(archive, args.root)
+        folder, name = url.rsplit("/", 2)[-2:]
+        if ".tar" in name:
+            archive = download(url, Path(args.dest) / name, sha256 or None)
+            if args.root:
+                extract(archive, args.root)
+        else:  # a single raw file (one subject's scan) goes straight into its subject folder under root
+            download(url, Path(args.root or args.dest) / folder / name, sha256 or None)
 
 
 def cmd_unpack(args):
@@ -100,10 +104,11 @@ def add_parsers(sub) -> None:
     add_tracking_arguments(p)
     p.set_defaults(func=cmd_phantom)
 
-    p = sub.add_parser("download", help="resumable, checksum-verified download (and unpacking) of archives")
+    p = sub.add_parser("download", help="resumable, checksum-verified download of archives (unpacked) or raw files")
     p.add_argument("--url", action="append", required=True, metavar="URL[#sha256=HEX]")
     p.add_argument("--dest", required=True, help="folder for the archives")
-    p.add_argument("--root", help="unpack tarballs into this raw-data folder")
+    p.add_argument("--root", help="raw-data folder: tarballs are unpacked into it; a single file goes into "
+                                  "ROOT/<its URL's folder>/")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("unpack", help="unpack official tarballs (IXI-T1.tar ...) into the raw folder")

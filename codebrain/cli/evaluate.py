@@ -111,6 +111,17 @@ def cmd_impute(args):
         shutil.rmtree(work_dir, ignore_errors=True)
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
+    voxel = "x".join(f"{v:g}" for v in report["input_voxel_size"])
+    if report["resampled_to"] is not None:
+        in_plane, through_plane = report["resampled_to"]
+        print(f"note: the inputs ({voxel} mm) were resampled to the model's {in_plane:g} x {in_plane:g} x "
+              f"{through_plane:g} mm and the result back onto {inputs[next(iter(inputs))]}'s grid")
+    elif "voxel_size" not in data and not data.get("slicing", {}).get("spacing"):
+        print(f"warning: {args.model} does not record the voxel size it was trained at; the inputs were sliced at "
+              f"their own {voxel} mm")
+    if report["window"] == "tiles":
+        print(f"note: the brain is wider than the model's {data['size']} x {data['size']} window at this voxel size; "
+              f"it was imputed in {report['windows']} overlapping windows, averaged where they overlap")
     if report["outside"] == "impute":
         print(f"note: {report['outside_trained_range']} of these brain slices lie outside the {last - first + 1} "
               f"middle slices the model was trained on ({first}-{last}); their imputation is less certain")

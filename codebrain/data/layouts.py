@@ -1,4 +1,5 @@
-"""File layouts of the datasets we read: IXI, BraTS 2023 and BIDS.
+"""File layouts of the datasets we read: IXI, BraTS (2023 and 2018-2021 namings), the Medical Segmentation
+Decathlon's Task01_BrainTumour, and BIDS.
 
 `discover` maps a raw folder to {subject: {contrast: path}} using the dataset's own naming, with
 contrasts under our canonical names (T1, T2, PD, FLAIR, T1Gd, plus `seg` for label volumes).
@@ -7,9 +8,12 @@ The phantom writes the same names through `phantom_subject_files`.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from codebrain.io import InputError
 
@@ -21,12 +25,17 @@ DOWNLOAD_PAGES = {
 
 IXI_PATTERN = re.compile(r"(?P<subject>IXI\d{3}-[A-Za-z]+-\d{4})-(?P<contrast>T1|T2|PD)\.nii(\.gz)?$")
 BRATS_PATTERN = re.compile(r"(?P<subject>BraTS-[A-Z]+-\d{5}-\d{3})-(?P<contrast>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$")
+# 2018-2021: Brats18_<site>_<id>_1_t1ce.nii.gz, BraTS20_Training_001_t1.nii.gz, BraTS2021_00000_flair.nii.gz
+BRATS_LEGACY_PATTERN = re.compile(
+    r"(?P<subject>Brats1[78]_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+|BraTS20_(Training|Validation)_\d{3}|BraTS2021_\d{5})"
+    r"_(?P<contrast>t1|t1ce|t2|flair|seg)\.nii(\.gz)?$")
 BIDS_PATTERN = re.compile(
     r"(?P<subject>sub-[A-Za-z0-9]+)(_(?P<session>ses-[A-Za-z0-9]+))?(?P<entities>(_[a-z]+-[A-Za-z0-9]+)*)"
     r"_(?P<suffix>T1w|T2w|PDw|FLAIR)\.nii(\.gz)?$"
 )
 CONTRASTS = ["T1", "T2", "PD", "FLAIR", "T1Gd"]  # our canonical names; each layout maps its own onto them
 BRATS_SUFFIX = {"t1n": "T1", "t1c": "T1Gd", "t2w": "T2", "t2f": "FLAIR", "seg": "seg"}
+BRATS_LEGACY_SUFFIX = {"t1": "T1", "t1ce": "T1Gd", "t2": "T2", "flair": "FLAIR", "seg": "seg"}
 BIDS_SUFFIX = {"T1w": "T1", "T2w": "T2", "PDw": "PD", "FLAIR": "FLAIR"}
 
 
@@ -36,8 +45,11 @@ def _ixi_match(path: Path):
 
 
 def _brats_match(path: Path):
-    m = BRATS_PATTERN.search(path.name)
-    return (m["subject"], BRATS_SUFFIX[m["contrast"]]) if m else None
+    if m := BRATS_PATTERN.search(path.name):
+        return m["subject"], BRATS_SUFFIX[m["contrast"]]
+    if m := BRATS_LEGACY_PATTERN.fullmatch(path.name):
+        return m["subject"], BRATS_LEGACY_SUFFIX[m["contrast"]]
+    return None
 
 
 def _bids_match(path: Path):
@@ -54,6 +66,12 @@ def _bids_match(path: Path):
 MATCHERS = {"ixi": _ixi_match, "brats": _brats_match, "bids": _bids_match}
 
 
+def nifti_files(root: Path) -> list[Path]:
+    """Every NIfTI file under root, following symlinked folders (a data folder is often a link to shared storage)."""
+    return sorted(Path(folder, name) for folder, _, names in os.walk(root, followlinks=True)
+                  for name in names if ".nii" in name)
+
+
 def discover(root: str | Path, layout: str, contrasts: list[str], on_missing: str = "drop",
              with_labels: bool = False) -> dict[str, dict[str, Path]]:
     """Subjects under `root` that have every required contrast: {subject: {contrast: path}}.
@@ -67,7 +85,7 @@ def discover(root: str | Path, layout: str, contrasts: list[str], on_missing: st
     if not root.is_dir():
         raise InputError(f"raw data folder {root} does not exist; get the data from {DOWNLOAD_PAGES[layout]}")
     found: dict[str, dict[str, Path]] = {}
-    for path in sorted(root.rglob("*.nii*")):
+    for path in nifti_files(root):
         match = MATCHERS[layout](path)
         if match is None:
             continue
@@ -98,6 +116,19 @@ def discover(root: str | Path, layout: str, contrasts: list[str], on_missing: st
     if not complete:
         raise InputError(f"{root}: no subject has all of {required}")
     return complete
+
+
+BRATS_LABELS = (0, 1, 2, 3)  # 2023 convention: background, necrosis / non-enhancing core, oedema, enhancing
+
+
+def brats_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """A BraTS label volume in the 2023 convention: the 2018-2021 enhancing label 4 becomes 3."""
+    values = set(np.unique(labels).astype(int).tolist())
+    if not values <= {0, 1, 2, 3, 4} or not np.array_equal(labels, np.round(labels)):
+        raise InputError(f"{path}: labels {sorted(values)} are not BraTS labels (0, 1, 2, 3 or the 2018-2021 4)")
+    if {3, 4} <= values:
+        raise InputError(f"{path}: holds both label 3 (2023 enhancing) and 4 (2018-2021 enhancing)")
+    return np.where(labels == 4, 3, labels).astype(np.uint8)
 
 
 def phantom_subject_id(flavour: str, index: int) -> str:

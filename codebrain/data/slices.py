@@ -1,6 +1,7 @@
 """Axial slices from registered volumes, and the per-split slice store.
 
-Per subject (`extract_subject`): volumes reoriented to RAS (axis 2 is axial), the middle K
+Per subject (`extract_subject`): volumes reoriented to RAS (axis 2 is axial) and, with
+`spacing`, resampled to that voxel size (labels nearest-neighbour: `working_grid`), the middle K
 axial slices of the brain (or a given range), cropped/padded to S x S around the brain, each
 contrast min-max normalised to [0, 1] (optionally between robust percentiles). The
 normalisation range and crop are kept so imputations can go back to the original scale and grid.
@@ -21,6 +22,7 @@ import pandas as pd
 from scipy import ndimage
 
 from codebrain.io import InputError, write_atomic
+from codebrain.data.layouts import brats_labels
 from codebrain.data.nifti import load_volume
 
 SPLITS = ("train", "val", "test")
@@ -34,12 +36,42 @@ class SliceConfig:
     lower_percentile: float = 0.0  # percentile mode: over brain voxels
     upper_percentile: float = 99.5
     dtype: str = "float16"
+    spacing: list[float] | None = None  # [in-plane, through-plane] mm to resample to; None keeps the voxel grid
 
 
 def canonical(data: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
     """Reorient a volume's voxel array to RAS so that axis 2 runs inferior -> superior."""
     ornt = nib.orientations.io_orientation(image.affine)
     return nib.orientations.apply_orientation(data, ornt)
+
+
+def working_grid(image: nib.Nifti1Image, spacing: list[float]) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, affine) of the RAS grid at `spacing` mm that covers the image (what slices are cut from)."""
+    from nibabel.processing import vox2out_vox
+
+    in_plane, through_plane = spacing
+    return vox2out_vox((image.shape[:3], image.affine), (in_plane, in_plane, through_plane))
+
+
+def to_working_grid(data: np.ndarray, image: nib.Nifti1Image, spacing: list[float] | None,
+                    order: int = 1) -> np.ndarray:
+    """A voxel array in RAS order on the grid slices are cut from: reoriented only (spacing None, exact), or
+    resampled to `spacing` mm (order 1: intensities, order 0: labels)."""
+    if spacing is None:
+        return canonical(data, image)
+    from nibabel.processing import resample_from_to
+
+    moved = resample_from_to(nib.Nifti1Image(data, image.affine), working_grid(image, spacing), order=order, cval=0)
+    return np.asarray(moved.dataobj, dtype=data.dtype)
+
+
+def grid_voxel_size(image: nib.Nifti1Image, spacing: list[float] | None) -> list[float]:
+    """Voxel size (mm) in RAS axis order of the grid slices are cut from."""
+    if spacing is not None:
+        return [float(spacing[0]), float(spacing[0]), float(spacing[1])]
+    ornt = nib.orientations.io_orientation(image.affine)
+    zooms = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
+    return [float(zooms[int(axis)]) for axis in np.argsort(ornt[:, 0])]
 
 
 REGISTRATION_HINT = "turn registration on (registration.method: rigid)"
@@ -94,6 +126,20 @@ def crop_window(mask: np.ndarray, size: int) -> tuple[int, int]:
     return (rows[0] + rows[-1] + 1) // 2 - size // 2, (cols[0] + cols[-1] + 1) // 2 - size // 2
 
 
+def tile_corners(mask: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Corners of S x S windows covering the brain: `crop_window`'s one window when the brain fits in it, else
+    windows overlapping by at least half a window that tile the brain's extent."""
+    def starts(occupied: np.ndarray) -> list[int]:
+        first, last = int(occupied[0]), int(occupied[-1])
+        if last - first + 1 <= size:
+            return [(first + last + 1) // 2 - size // 2]
+        count = int(np.ceil((last + 1 - size - first) / (size // 2))) + 1
+        return np.linspace(first, last + 1 - size, count).round().astype(int).tolist()
+
+    rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+    return [(x0, y0) for x0 in starts(rows) for y0 in starts(cols)]
+
+
 def crop_pad(volume: np.ndarray, corner: tuple[int, int], size: int) -> np.ndarray:
     """volume[x0:x0+S, y0:y0+S, :] with zeros where the window leaves the volume."""
     out = np.zeros((size, size) + volume.shape[2:], volume.dtype)
@@ -103,16 +149,16 @@ def crop_pad(volume: np.ndarray, corner: tuple[int, int], size: int) -> np.ndarr
     return out
 
 
-def load_subject(files: dict[str, Path], grid_hint: str = REGISTRATION_HINT):
-    """{contrast: path} -> ({contrast: volume in RAS}, {contrast: NIfTI image}, brain mask); every volume must
-    share the first one's voxel grid. The store's slicing and `codebrain impute` both start here."""
+def load_subject(files: dict[str, Path], grid_hint: str = REGISTRATION_HINT, spacing: list[float] | None = None):
+    """{contrast: path} -> ({contrast: volume on the working grid}, {contrast: NIfTI image}, brain mask); every
+    volume must share the first one's voxel grid. The store's slicing and `codebrain impute` both start here."""
     first = next(iter(files))
     volumes, images = {}, {}
     for contrast, path in files.items():
         data, image = load_volume(path)
         if images:
             check_same_grid(images[first], image, path, files[first], grid_hint)
-        volumes[contrast], images[contrast] = canonical(data, image), image
+        volumes[contrast], images[contrast] = to_working_grid(data, image, spacing), image
     mask = brain_mask(list(volumes.values()))
     if not mask.any():
         raise InputError(f"{files[first]}: empty brain mask (the volume has no foreground)")
@@ -120,10 +166,11 @@ def load_subject(files: dict[str, Path], grid_hint: str = REGISTRATION_HINT):
 
 
 def cut_slices(volumes: dict[str, np.ndarray], files: dict[str, Path], mask: np.ndarray, z: np.ndarray, size: int,
-               cfg: SliceConfig) -> tuple[np.ndarray, list[tuple[float, float]], tuple[int, int]]:
-    """Axial slices z of each volume, normalised to [0, 1] and cropped to size x size around the brain:
-    (K x N x S x S float32, each contrast's (low, high) intensity range, the crop's corner)."""
-    corner = crop_window(mask[:, :, z], size)
+               cfg: SliceConfig, corner: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, list[tuple[float, float]], tuple[int, int]]:
+    """Axial slices z of each volume, normalised to [0, 1] and cropped to size x size (around the brain, or at
+    `corner`): (K x N x S x S float32, each contrast's (low, high) intensity range, the crop's corner)."""
+    corner = crop_window(mask[:, :, z], size) if corner is None else corner
     stack, ranges = [], []
     for contrast, volume in volumes.items():
         low, high = normalisation_range(volume, mask, cfg)
@@ -138,7 +185,7 @@ def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], 
                     out_file: Path, z_range: tuple[int, int] | None = None, labels: Path | None = None) -> dict:
     """Slices of one subject -> npz (slices K x N x S x S, z, normalisation, crop)."""
     files = {contrast: files[contrast] for contrast in contrasts}
-    volumes, images, mask = load_subject(files)
+    volumes, images, mask = load_subject(files, spacing=cfg.spacing)
     first_file, reference = files[contrasts[0]], images[contrasts[0]]
     if z_range is None:
         z_range = slice_range(mask, cfg.n_slices, first_file)
@@ -148,11 +195,13 @@ def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], 
     z = np.arange(first, last + 1)
     slices, ranges, corner = cut_slices(volumes, files, mask, z, cfg.size, cfg)
     arrays = {"slices": slices.astype(cfg.dtype), "z": z, "normalisation": np.array(ranges),
-              "corner": np.array(corner), "volume_shape": np.array(mask.shape)}
+              "corner": np.array(corner), "volume_shape": np.array(mask.shape),
+              "voxel_size": np.array(grid_voxel_size(reference, cfg.spacing))}
     if labels is not None:
         label_data, label_image = load_volume(labels)
         check_same_grid(reference, label_image, labels, first_file)
-        label_slices = crop_pad(canonical(label_data, label_image)[:, :, z], corner, cfg.size)
+        label_data = brats_labels(label_data, labels)
+        label_slices = crop_pad(to_working_grid(label_data, label_image, cfg.spacing, order=0)[:, :, z], corner, cfg.size)
         arrays["labels"] = label_slices.transpose(2, 0, 1).astype(np.uint8)  # K x S x S
     with write_atomic(out_file) as tmp:
         with open(tmp, "wb") as handle:
@@ -191,7 +240,7 @@ def build_store(subject_files: dict[str, Path], assignment: dict[str, str], cont
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"contrasts": list(contrasts), "splits": {}, "slicing": asdict(slicing or SliceConfig())}
-    normalisation_rows, geometry_rows = [], []
+    normalisation_rows, geometry_rows, voxel_sizes = [], [], []
     for split in SPLITS:
         subjects = sorted(s for s, name in assignment.items() if name == split)
         loaded = [(s, np.load(subject_files[s])) for s in subjects]
@@ -215,6 +264,7 @@ def build_store(subject_files: dict[str, Path], assignment: dict[str, str], cont
                 for contrast, (low, high) in zip(contrasts, npz["normalisation"]):
                     normalisation_rows.append({"subject": subject, "contrast": contrast, "low": low, "high": high})
                 x0, y0 = npz["corner"]
+                voxel_sizes.append(npz["voxel_size"])
                 geometry_rows.append({"subject": subject, "split": split, "x0": int(x0), "y0": int(y0),
                                       "shape": "x".join(map(str, npz["volume_shape"]))})
                 offset += count
@@ -226,7 +276,9 @@ def build_store(subject_files: dict[str, Path], assignment: dict[str, str], cont
         with write_atomic(out_dir / f"{split}.tsv") as tmp:
             pd.DataFrame(rows).to_csv(tmp, sep="\t", index_label="index")
         summary["splits"][split] = {"subjects": len(subjects), "slices": total, "labels": has_labels}
-    summary.update(size=int(size), dtype=str(dtype))
+    # what a model trained on the store needs to slice a new scan alike: crop size, orientation, voxel size
+    summary.update(size=int(size), dtype=str(dtype), orientation="RAS",
+                   voxel_size=[round(float(v), 4) for v in np.median(voxel_sizes, axis=0)])
     with write_atomic(out_dir / "normalisation.tsv") as tmp:
         pd.DataFrame(normalisation_rows).to_csv(tmp, sep="\t", index=False)
     with write_atomic(out_dir / "geometry.tsv") as tmp:

@@ -34,6 +34,7 @@ def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out
     rows = pd.read_csv(store / f"{split}.tsv", sep="\t")
     geometry = pd.read_csv(store / "geometry.tsv", sep="\t").set_index("subject")
     ranges = pd.read_csv(store / "normalisation.tsv", sep="\t").set_index(["subject", "contrast"])
+    spacing = summary.get("slicing", {}).get("spacing")
     device = next(stage1.parameters()).device
     written = []
     for subject, subject_rows in tqdm(rows.groupby("subject"), desc=f"impute {split}", unit="subject"):
@@ -47,7 +48,8 @@ def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out
                                  for batch in image.split(batch_size)])
             for t in np.flatnonzero(~available):
                 low, high = ranges.loc[(subject, contrasts[t]), ["low", "high"]]
-                volume = restack(imputed[:, t].numpy(), subject_rows.z.to_numpy(), corner, low, high, reference)
+                volume = restack([(imputed[:, t].numpy(), corner)], subject_rows.z.to_numpy(), low, high, reference,
+                                 spacing)
                 path = out_dir / subject / f"{scenario_name(available)}_{contrasts[t]}.nii.gz"
                 with write_atomic(path) as tmp:
                     nib.save(volume, str(tmp))
@@ -59,17 +61,31 @@ def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out
     return table
 
 
+def trained_spacing(data: dict) -> list[float] | None:
+    """[in-plane, through-plane] mm the model's slices were cut at: the store's slices.spacing, else its volumes'
+    median voxel size (None for a store written before voxel sizes were recorded)."""
+    spacing = data.get("slicing", {}).get("spacing")
+    if spacing:
+        return [float(v) for v in spacing]
+    if "voxel_size" in data:
+        x, y, z = data["voxel_size"]
+        return [(x + y) / 2, z]
+    return None
+
+
 def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str, out: Path,
                  register: bool = False, outside: str = "impute", work_dir: Path | None = None) -> dict:
     """A user's own scans -> the target contrast as NIfTI on the first input's grid.
 
-    The scans are sliced as the model's training store was (data = its store.json: size,
-    slicing), each normalised to [0, 1]; the imputed volume is in those normalised units, as a
-    missing contrast has no intensity scale of its own. Brain slices outside the K middle ones
-    the model was trained on are imputed too (outside="impute") or left at 0 ("skip").
+    The scans are resampled to the voxel size the model was trained at (when theirs differs), sliced as the
+    model's training store was (data = its store.json: size, slicing), each normalised to [0, 1]; a brain wider
+    than the trained window is imputed in overlapping tiles; the result is resampled back onto the first input's
+    grid, in normalised units, as a missing contrast has no intensity scale of its own. Brain slices outside the
+    K middle ones the model was trained on are imputed too (outside="impute") or left at 0 ("skip").
     """
     from codebrain.data.nifti import save_volume
-    from codebrain.data.slices import cut_slices, load_subject, slice_config, slice_range
+    from codebrain.data.slices import (cut_slices, grid_voxel_size, load_subject, slice_config, slice_range,
+                                       tile_corners)
 
     contrasts = stage1.cfg.contrasts
     unknown = sorted(set(inputs) - set(contrasts)) + ([target] if target not in contrasts else [])
@@ -88,20 +104,30 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     cfg = slice_config(data.get("slicing", {}))
     size = data["size"]
     first = next(iter(inputs))
-    volumes, images, mask = load_subject(inputs, f"pass --register to register the inputs to {inputs[first]}")
+    spacing = trained_spacing(data)
+    own = grid_voxel_size(nib.load(inputs[first]), None)
+    if spacing is not None and np.allclose(own, [spacing[0], spacing[0], spacing[1]], rtol=0.02):
+        spacing = None  # the scan is at the trained voxel size already: reorient only, no interpolation
+    volumes, images, mask = load_subject(inputs, f"pass --register to register the inputs to {inputs[first]}",
+                                         spacing)
     occupied = np.flatnonzero(mask.any(axis=(0, 1)))
     trained_first, trained_last = slice_range(mask, min(cfg.n_slices, mask.shape[2]), inputs[first])
     z = np.arange(occupied[0], occupied[-1] + 1) if outside == "impute" else np.arange(trained_first, trained_last + 1)
-    given, _, corner = cut_slices(volumes, inputs, mask, z, size, cfg)  # K x inputs x S x S
-    stack = np.zeros((len(z), len(contrasts), size, size), np.float32)
-    stack[:, [contrasts.index(c) for c in inputs]] = given
     available = np.array([c in inputs for c in contrasts])
     device = next(stage1.parameters()).device
-    image = torch.from_numpy(stack)
-    imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu() for batch in image.split(32)])
-    volume = restack(imputed[:, contrasts.index(target)].numpy(), z, corner, 0.0, 1.0, images[first])
+    tiles = []
+    corners = tile_corners(mask[:, :, z], size)
+    for corner in tqdm(corners, desc="impute windows", unit="window", disable=len(corners) == 1):
+        given, _, _ = cut_slices(volumes, inputs, mask, z, size, cfg, corner)  # K x inputs x S x S
+        stack = np.zeros((len(z), len(contrasts), size, size), np.float32)
+        stack[:, [contrasts.index(c) for c in inputs]] = given
+        imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu()
+                             for batch in torch.from_numpy(stack).split(32)])
+        tiles.append((imputed[:, contrasts.index(target)].numpy(), corner))
+    volume = restack(tiles, z, 0.0, 1.0, images[first], spacing)
     save_volume(volume.get_fdata(dtype=np.float32), images[first].affine, out)
     outside_count = int(len(occupied) - (trained_last - trained_first + 1))
     return {"slices": len(z), "trained_range": [int(trained_first), int(trained_last)],
             "brain_slices": [int(occupied[0]), int(occupied[-1])], "outside_trained_range": outside_count,
-            "outside": outside}
+            "outside": outside, "input_voxel_size": own, "resampled_to": spacing,
+            "windows": len(corners), "window": "tiles" if len(corners) > 1 else "pad"}

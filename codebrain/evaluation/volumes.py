@@ -1,8 +1,10 @@
 """Slices back into a volume on the subject's reference grid: the inverse of slices.extract_subject.
 
-Uncrop each S x S slice into the RAS-reoriented volume at its z, undo the min-max
-normalisation with the stored range, reorient to the reference's voxel order, and keep the
-reference's affine and header. Voxels outside the sliced range and window stay 0.
+Uncrop each S x S slice (or overlapping tiles, averaged) into the working-grid volume at its z,
+undo the min-max normalisation with the stored range, and go back to the reference's grid:
+reorient to its voxel order, or, where slices were cut at another voxel size (`spacing`),
+resample linearly onto it. The reference's affine and header are kept. Voxels outside the
+sliced range and window stay 0.
 """
 
 from __future__ import annotations
@@ -29,15 +31,36 @@ def uncrop(slices: np.ndarray, corner: tuple[int, int], shape: tuple[int, int]) 
     return out
 
 
-def restack(slices: np.ndarray, z: np.ndarray, corner: tuple[int, int], low: float, high: float,
-            reference: nib.Nifti1Image) -> nib.Nifti1Image:
-    """K x S x S normalised slices -> a float32 NIfTI on the reference grid, in the original intensity scale."""
-    ras_shape = nib.orientations.apply_orientation(np.empty(reference.shape[:3], bool),
-                                                   nib.orientations.io_orientation(reference.affine)).shape
-    volume = np.zeros(ras_shape, np.float32)
-    planes = uncrop(np.clip(slices.astype(np.float32), 0, 1), corner, ras_shape[:2])  # K x X x Y
+def assemble(tiles: list[tuple[np.ndarray, tuple[int, int]]], shape: tuple[int, int]) -> np.ndarray:
+    """K x S x S tiles cut at their corners -> K x X x Y, averaged where tiles overlap."""
+    total = count = 0
+    for slices, corner in tiles:
+        total = total + uncrop(slices, corner, shape)
+        count = count + uncrop(np.ones_like(slices, np.float32), corner, shape)
+    return total / np.maximum(count, 1)
+
+
+def restack(tiles: list[tuple[np.ndarray, tuple[int, int]]], z: np.ndarray, low: float, high: float,
+            reference: nib.Nifti1Image, spacing: list[float] | None = None) -> nib.Nifti1Image:
+    """K x S x S normalised slices (one or more tiles) -> a float32 NIfTI on the reference grid, in the original
+    intensity scale."""
+    from codebrain.data.slices import working_grid
+
+    if spacing is None:
+        grid_shape = nib.orientations.apply_orientation(np.empty(reference.shape[:3], bool),
+                                                        nib.orientations.io_orientation(reference.affine)).shape
+    else:
+        grid_shape, grid_affine = working_grid(reference, spacing)
+    volume = np.zeros(grid_shape, np.float32)
+    planes = assemble([(np.clip(s.astype(np.float32), 0, 1), c) for s, c in tiles], grid_shape[:2])  # K x X x Y
     volume[:, :, z] = (planes * (high - low) + low).transpose(1, 2, 0)
-    data = from_canonical(volume, reference)
+    if spacing is None:
+        data = from_canonical(volume, reference)
+    else:
+        from nibabel.processing import resample_from_to
+
+        moved = resample_from_to(nib.Nifti1Image(volume, grid_affine), reference, order=1, cval=0)
+        data = np.asarray(moved.dataobj, dtype=np.float32)
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
     header["scl_slope"], header["scl_inter"] = 1, 0

@@ -1,6 +1,7 @@
 # Helpers for the workflow steps: subject discovery, per-subject inputs, parameters.
 import hashlib
 import json
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -10,10 +11,13 @@ import pandas as pd
 from codebrain.data import layouts
 from codebrain.tracking import close_invocation, tracking_uri
 from codebrain.training.config import split_experiments
-from codebrain.workflow import (check_config, experiment_json, launch_args, phantom_subjects, raw_subjects,
-                                start_invocation)
+from codebrain.workflow import (ACCELERATE_CONFIGS, check_config, check_raw_data, experiment_json, launch_args,
+                                phantom_subjects, raw_subjects, start_invocation)
 
 check_config(config)
+# Real data: dataset.root must hold the subjects, or download.urls fetch them first (the `download_raw` checkpoint);
+# a missing or empty root with nothing to download stops here, in one line, before any job.
+DOWNLOAD = "phantom" not in config and not check_raw_data(config, can_download=bool(config["download"]["urls"]))
 
 DATASET = config["dataset"]
 TRACKING_URI = tracking_uri(config["tracking"]["uri"], config["results"])
@@ -24,8 +28,8 @@ RAW_KINDS = CONTRASTS + (["seg"] if DATASET["labels"] else [])
 REGISTER = config["registration"]["method"] != "none"
 SPLITS = ["train", "val", "test"]
 PACKAGE = Path(workflow.basedir) / "codebrain"
-ACCELERATE_CONFIGS = Path(workflow.basedir) / "config" / "accelerate"
-LAUNCH_ARGS = launch_args(config, ACCELERATE_CONFIGS)
+os.environ[ACCELERATE_CONFIGS] = str(Path(workflow.basedir) / "config" / "accelerate")  # read by the jobs' shell
+LAUNCH_ARGS = launch_args(config)
 
 
 def source_hash(*modules):
@@ -38,7 +42,9 @@ def source_hash(*modules):
 
 @cache
 def get_raw_subjects():
-    """{subject: {kind: path}}, found once, when the DAG first asks (`download_raw` runs before there are any)."""
+    """{subject: {kind: path}}, found once, when the DAG first asks (after the `download_raw` checkpoint)."""
+    if DOWNLOAD:
+        checkpoints.download_raw.get()
     return raw_subjects(config)
 
 

@@ -57,7 +57,7 @@ rule check_raw:
         " --on-missing {params.on_missing} {params.labels} --out {output} {params.tracking} > {log} 2>&1"
 
 
-rule download_raw:
+checkpoint download_raw:  # a checkpoint: the raw subjects are discovered once it has run
     output:
         touch(get_download_marker()),
     params:
