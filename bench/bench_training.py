@@ -128,21 +128,24 @@ def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, s
         extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
     autocast = torch.autocast(device.type, torch.bfloat16) if "bf16" in options else nullcontext()
     cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
+    first = time.perf_counter()
+    for i in range(warmup + steps):  # warmup >= 1: the first step (compilation, cuDNN autotuning) is never timed
         if i == warmup:
-            if cuda:
-                torch.cuda.synchronize()
+            sync()
             started = time.perf_counter()
         with autocast:
             call(image, mask, extra)
-    if cuda:
-        torch.cuda.synchronize()
+        if i == 0:
+            sync()
+            first_step_s = time.perf_counter() - first
+    sync()
     seconds = time.perf_counter() - started
     samples_per_s = steps * batch / seconds
     flops = 3 * forward_flops(stage, cfg, batch, size) * steps / seconds
-    return {"stage": stage, "samples_per_s": samples_per_s, "tflops": flops / 1e12,
+    return {"stage": stage, "samples_per_s": samples_per_s, "tflops": flops / 1e12, "first_step_s": first_step_s,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
@@ -156,7 +159,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--stages", nargs="+", default=["stage1", "stage2"], choices=["stage1", "stage2"])
+    parser.add_argument("--out", help="JSON file (default: bench/training-<device>.json)")
     args = parser.parse_args(argv)
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the first step compiles and autotunes)")
     section = TINY if args.model == "tiny" else yaml.safe_load(open(args.model))
     section = section.get("model", section)
     cfg = ModelConfig.from_dict({**section, "contrasts": args.contrasts})
@@ -169,15 +175,23 @@ def main(argv=None):
         for name in args.variants:
             if device.type == "cpu" and VARIANTS[name] & {"bf16", "compile", "fused_adam"}:
                 continue  # GPU variants; on the CPU only fp32 and layout/checkpointing are meaningful
-            row = {"variant": name, **measure(stage, cfg, VARIANTS[name], args.batch, args.size, args.steps,
-                                              args.warmup, device)}
+            try:
+                row = {"variant": name, **measure(stage, cfg, VARIANTS[name], args.batch, args.size, args.steps,
+                                                  args.warmup, device)}
+            except torch.OutOfMemoryError:
+                rows.append({"stage": stage, "variant": name, "error": "out of memory"})
+                print(f"{stage:<7} {name:<40} {'out of memory':>10}", flush=True)
+                torch.compiler.reset()
+                torch.cuda.empty_cache()
+                continue
             rows.append(row)
             memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
-            print(f"{stage:<7} {name:<40} {row['samples_per_s']:>10.1f} {row['tflops']:>8.2f} {memory:>9}", flush=True)
+            print(f"{stage:<7} {name:<40} {row['samples_per_s']:>10.1f} {row['tflops']:>8.2f} {memory:>9}"
+                  f"   first step {row['first_step_s']:.1f} s", flush=True)
     record = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "model": args.model, "size": args.size, "batch": args.batch,
               "steps": args.steps, "rows": rows}
-    out = Path(__file__).parent / f"training-{device.type}.json"
+    out = Path(args.out) if args.out else Path(__file__).parent / f"training-{device.type}.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
 

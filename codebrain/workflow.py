@@ -8,7 +8,7 @@ import json
 
 from snakemake.exceptions import WorkflowError
 
-from codebrain.data.layouts import CONTRASTS, MATCHERS
+from codebrain.data.layouts import CONTRASTS, LAYOUT_CONTRASTS, MATCHERS
 from codebrain.data.phantom import FLAVOURS
 from codebrain.training.config import config_hash, stage_section
 
@@ -41,6 +41,9 @@ def check_config(config: dict) -> None:
     for contrast in [*contrasts, reference]:
         if contrast not in CONTRASTS:
             raise WorkflowError(f"config dataset.contrasts: {contrast!r} is not one of {CONTRASTS}")
+        if contrast not in LAYOUT_CONTRASTS[dataset["layout"]]:
+            raise WorkflowError(f"config dataset.contrasts: {dataset['layout']} data have no {contrast} "
+                                f"(they have {LAYOUT_CONTRASTS[dataset['layout']]})")
     if reference not in contrasts:
         raise WorkflowError(f"config dataset.reference: {reference} is not one of dataset.contrasts {contrasts}")
     if "phantom" in config:
@@ -79,17 +82,32 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
 
 def raw_subjects(config: dict) -> dict[str, dict[str, str]]:
     """{subject: {kind: path}} of the configured raw data: the phantom's paths (config has a phantom section),
-    or the subjects discovered under dataset.root with the layout's naming."""
+    the subjects discovered under dataset.root with the layout's naming, or, for the Decathlon's 4D volumes, the
+    3D files `split_msd_subject` makes of them under results/<dataset>/raw/."""
     from codebrain.data import layouts
 
     dataset = config["dataset"]
     kinds = dataset["contrasts"] + (["seg"] if dataset["labels"] else [])
+    if dataset["layout"] == "msd":
+        split_root = f"{config['results']}/{dataset['name']}/raw"
+        return {subject: {k: str(p) for k, p in layouts.msd_split_files(split_root, subject, kinds).items()}
+                for subject in msd_sources(config)}
     if "phantom" in config:
         flavour = config["phantom"]["flavour"]
         return {subject: {k: str(p) for k, p in layouts.phantom_subject_files(flavour, dataset["root"], subject,
                                                                               kinds).items() if k in kinds}
                 for subject in phantom_subjects(config)}
     found = layouts.discover(dataset["root"], dataset["layout"], dataset["contrasts"], dataset["on_missing_contrast"],
+                             dataset["labels"])
+    return {subject: {k: str(p) for k, p in files.items()} for subject, files in found.items()}
+
+
+def msd_sources(config: dict) -> dict[str, dict[str, str]]:
+    """{subject: {"channels": 4D volume, "seg": labels}} of a Decathlon Task01 folder."""
+    from codebrain.data import layouts
+
+    dataset = config["dataset"]
+    found = layouts.discover(dataset["root"], "msd", dataset["contrasts"], dataset["on_missing_contrast"],
                              dataset["labels"])
     return {subject: {k: str(p) for k, p in files.items()} for subject, files in found.items()}
 

@@ -2,6 +2,8 @@
 
 import shutil
 
+import pytest
+
 from codebrain.data.layouts import discover
 from conftest import REALDATA
 
@@ -42,3 +44,70 @@ def test_every_real_case_the_readme_lists_is_there():
     rows = [line.split("|")[1].strip() for line in (REALDATA / "README.md").read_text().splitlines()
             if line.startswith("| ") and "/" in line.split("|")[1]]
     assert rows and all((REALDATA / row).is_dir() for row in rows), rows
+
+
+BRATS18 = REALDATA / "brats2018" / "Brats18_TCIA01_425_1"
+
+
+def test_brats_2018_and_2021_namings_are_read_by_the_brats_layout(tmp_path):
+    """The namings most BraTS copies use: Brats18_<site>_<id>_1/..._t1ce.nii.gz and BraTS2021_00000_t1ce.nii.gz."""
+    root = tmp_path / "brats"
+    shutil.copytree(BRATS18, root / BRATS18.name)
+    (root / "BraTS2021_00007").mkdir()
+    for suffix in ("t1", "t1ce", "t2", "flair", "seg"):
+        (root / "BraTS2021_00007" / f"BraTS2021_00007_{suffix}.nii.gz").symlink_to(
+            BRATS18 / f"{BRATS18.name}_{suffix}.nii.gz")
+    found = discover(root, "brats", ["T1", "T2", "FLAIR", "T1Gd"], with_labels=True)
+    assert sorted(found) == ["BraTS2021_00007", "Brats18_TCIA01_425_1"]
+    assert found["Brats18_TCIA01_425_1"]["T1Gd"].name == "Brats18_TCIA01_425_1_t1ce.nii.gz"
+    assert found["BraTS2021_00007"]["T1"].name == "BraTS2021_00007_t1.nii.gz"
+    assert found["BraTS2021_00007"]["seg"].name == "BraTS2021_00007_seg.nii.gz"
+
+
+def test_a_symlinked_dataset_folder_is_followed(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / BRATS18.name).symlink_to(BRATS18)
+    assert list(discover(tmp_path / "data", "brats", ["T1", "T2"])) == [BRATS18.name]
+
+
+def test_2018_labels_become_the_2023_convention(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from codebrain.data.layouts import brats_labels
+    from codebrain.io import InputError
+
+    path = BRATS18 / f"{BRATS18.name}_seg.nii.gz"
+    labels = np.asarray(nib.load(path).dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2, 4}
+    mapped = brats_labels(labels, path)
+    assert set(np.unique(mapped)) == {0, 1, 2, 3}
+    assert np.array_equal(mapped == 3, labels == 4) and np.array_equal(mapped[labels != 4], labels[labels != 4])
+    with pytest.raises(InputError, match="both label 3"):
+        brats_labels(np.array([0, 3, 4]), path)
+    with pytest.raises(InputError, match="not BraTS labels"):
+        brats_labels(np.array([0, 5]), path)
+
+
+def test_the_layout_list_lives_in_one_place():
+    """The readers, each layout's contrasts and download page, the CLI's choices and the config check agree."""
+    import yaml
+    from snakemake.exceptions import WorkflowError
+
+    from codebrain.cli import parser
+    from codebrain.data.layouts import DOWNLOAD_PAGES, LAYOUT_CONTRASTS, MATCHERS
+    from codebrain.workflow import check_config
+    from helpers import REPO
+
+    assert set(MATCHERS) == set(LAYOUT_CONTRASTS) == set(DOWNLOAD_PAGES)
+    check_raw = parser()._subparsers._group_actions[0].choices["check-raw"]
+    layout_option = next(a for a in check_raw._actions if a.dest == "layout")
+    assert list(layout_option.choices) == sorted(MATCHERS)
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert "enum" not in schema["properties"]["dataset"]["properties"]["layout"]  # checked against MATCHERS instead
+    for layout, contrasts in LAYOUT_CONTRASTS.items():
+        check_config({"dataset": {"layout": layout, "contrasts": contrasts, "reference": contrasts[0], "labels": False}})
+    with pytest.raises(WorkflowError, match="dataset.layout: 'nifti' is not one of"):
+        check_config({"dataset": {"layout": "nifti", "contrasts": ["T1"], "reference": "T1", "labels": False}})
+    with pytest.raises(WorkflowError, match="dataset.contrasts: ixi data have no FLAIR"):
+        check_config({"dataset": {"layout": "ixi", "contrasts": ["T1", "FLAIR"], "reference": "T1", "labels": False}})

@@ -160,3 +160,50 @@ def test_dataset_items_are_deterministic_per_epoch(tmp_path):
         dataset.set_epoch(epoch)
         draws.append([(tuple(dataset.scenario(i).available), dataset.scenario(i).anchor) for i in range(len(dataset))])
     assert len({tuple(d) for d in draws}) > 1
+
+
+BRATS18 = REALDATA / "brats2018" / "Brats18_TCIA01_425_1"
+BRATS18_FILES = {c: BRATS18 / f"{BRATS18.name}_{s}.nii.gz" for c, s in
+                 [("T1", "t1"), ("T2", "t2"), ("FLAIR", "flair"), ("T1Gd", "t1ce")]}
+
+
+def test_spacing_resamples_a_real_1mm_case_to_3mm_and_back(tmp_path):
+    """At 3 mm the working grid's voxel centres fall on every third 1 mm centre, so the linearly resampled
+    slices must equal the raw voxels there; labels (2018 convention) come nearest-neighbour, as 0..3."""
+    from codebrain.data.slices import canonical
+    from codebrain.evaluation.volumes import restack
+
+    cfg = SliceConfig(n_slices=20, size=64, normalisation="percentile", dtype="float32", spacing=[3, 3])
+    out = tmp_path / "brats18.npz"
+    extract_subject(BRATS18.name, BRATS18_FILES, list(BRATS18_FILES), cfg, out,
+                    labels=BRATS18 / f"{BRATS18.name}_seg.nii.gz")
+    npz = np.load(out)
+    assert npz["slices"].shape == (20, 4, 64, 64) and list(npz["voxel_size"]) == [3, 3, 3]
+    assert tuple(npz["volume_shape"]) == (81, 81, 53)  # voxel centres 0, 3, ..., 240 mm cover 0..239 (and 0..154)
+    image = nib.load(BRATS18_FILES["T1"])
+    raw = canonical(np.asarray(image.dataobj, dtype=np.float32), image)  # 240 x 240 x 155, RAS
+    low, high = npz["normalisation"][0]
+    z = npz["z"][5]
+    expected = crop_pad(normalise(raw[::3, ::3, 3 * z][:, :, None], low, high), tuple(npz["corner"]), 64)[..., 0]
+    assert np.allclose(npz["slices"][5, 0], expected, atol=1e-5)
+    seg_image = nib.load(BRATS18 / f"{BRATS18.name}_seg.nii.gz")
+    seg = canonical(np.asarray(seg_image.dataobj), seg_image)
+    expected_labels = crop_pad(np.where(seg == 4, 3, seg)[::3, ::3, 3 * z][:, :, None], tuple(npz["corner"]), 64)
+    assert np.array_equal(npz["labels"][5], expected_labels[..., 0])
+    assert 3 in np.unique(npz["labels"]) and 4 not in np.unique(npz["labels"])
+
+    back = restack([(npz["slices"][:, 0], tuple(npz["corner"]))], npz["z"], low, high, image, spacing=[3, 3])
+    assert back.shape == image.shape and np.allclose(back.affine, image.affine)
+    original = np.asarray(image.dataobj, dtype=np.float32)
+    covered = back.get_fdata() != 0
+    brain = original > 0
+    inside = covered & brain
+    slab = np.zeros_like(brain)
+    slab[:, :, 3 * npz["z"][0]: 3 * npz["z"][-1] + 1] = True  # the sliced slab (LPS on disk: z is S as in RAS)
+    assert inside.sum() >= 0.95 * (brain & slab).sum()  # the 64 x 64 window at 3 mm covers the whole brain
+    # at the working grid's voxel centres (every third 1 mm voxel) the way back is exact: the slice's value
+    restacked = canonical(back.get_fdata(), image)
+    x0, y0 = npz["corner"]
+    expected = npz["slices"][5, 0] * (high - low) + low  # 64 x 64, rows x0.., columns y0.. of the 3 mm grid
+    window = restacked[3 * x0: 3 * (x0 + 64): 3, 3 * y0: 3 * (y0 + 64): 3, 3 * z]
+    assert np.allclose(window, expected[: window.shape[0], : window.shape[1]], atol=1e-3 * (high - low))

@@ -41,6 +41,15 @@ def cmd_unpack(args):
         print(extract(archive, args.root))
 
 
+def cmd_split_msd(args):
+    from codebrain.data.msd import split_subject
+
+    with step_run(args, "split_msd_subject", f"split_msd_subject/{args.subject}", subject=args.subject) as tracker:
+        written = split_subject(Path(args.image), Path(args.labels) if args.labels else None, args.subject,
+                                args.contrasts, Path(args.out_root))
+        tracker.log_dict({kind: str(path) for kind, path in written.items()}, "files.json")
+
+
 def cmd_check_raw(args):
     from codebrain.data.layouts import discover
     from codebrain.data.manifest import build_manifest
@@ -115,6 +124,15 @@ def add_parsers(sub) -> None:
     p.add_argument("archive", nargs="+")
     p.add_argument("--root", required=True)
     p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("split-msd", help="one Decathlon Task01 subject's 4D volume -> BraTS-named 3D files")
+    p.add_argument("--image", required=True, help="imagesTr/BRATS_NNN.nii.gz")
+    p.add_argument("--labels", help="labelsTr/BRATS_NNN.nii.gz")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--contrasts", nargs="+", required=True)
+    p.add_argument("--out-root", required=True, help="writes OUT_ROOT/SUBJECT/SUBJECT_{t1,t1ce,t2,flair,seg}.nii.gz")
+    add_tracking_arguments(p)
+    p.set_defaults(func=cmd_split_msd)
 
     p = sub.add_parser("check-raw", help="check every raw volume and write manifest.tsv")
     p.add_argument("--root", required=True)

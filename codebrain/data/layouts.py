@@ -21,18 +21,24 @@ DOWNLOAD_PAGES = {
     "ixi": "https://brain-development.org/ixi-dataset/",
     "brats": "https://www.synapse.org/brats2023 (BraTS 2023 adult glioma, registration required)",
     "bids": "https://bids.neuroimaging.io/ (organise your own data as BIDS)",
+    "msd": "http://medicaldecathlon.com/ (Task01_BrainTumour.tar)",
 }
 
 IXI_PATTERN = re.compile(r"(?P<subject>IXI\d{3}-[A-Za-z]+-\d{4})-(?P<contrast>T1|T2|PD)\.nii(\.gz)?$")
 BRATS_PATTERN = re.compile(r"(?P<subject>BraTS-[A-Z]+-\d{5}-\d{3})-(?P<contrast>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$")
 # 2018-2021: Brats18_<site>_<id>_1_t1ce.nii.gz, BraTS20_Training_001_t1.nii.gz, BraTS2021_00000_flair.nii.gz
 BRATS_LEGACY_PATTERN = re.compile(
-    r"(?P<subject>Brats1[78]_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+|BraTS20_(Training|Validation)_\d{3}|BraTS2021_\d{5})"
+    r"(?P<subject>Brats1[78]_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+|BraTS20_(Training|Validation)_\d{3}|BraTS2021_\d{5}"
+    r"|BRATS_\d{3})"
     r"_(?P<contrast>t1|t1ce|t2|flair|seg)\.nii(\.gz)?$")
 BIDS_PATTERN = re.compile(
     r"(?P<subject>sub-[A-Za-z0-9]+)(_(?P<session>ses-[A-Za-z0-9]+))?(?P<entities>(_[a-z]+-[A-Za-z0-9]+)*)"
     r"_(?P<suffix>T1w|T2w|PDw|FLAIR)\.nii(\.gz)?$"
 )
+# Medical Segmentation Decathlon Task01_BrainTumour: imagesTr/BRATS_001.nii.gz, one 4D volume of four contrasts,
+# and labelsTr/BRATS_001.nii.gz; the DAG splits each into BraTS-named files first (`codebrain split-msd`)
+MSD_PATTERN = re.compile(r"(?P<subject>BRATS_\d{3})\.nii(\.gz)?$")
+MSD_IMAGE = "channels"  # the 4D volume's kind in discovery
 CONTRASTS = ["T1", "T2", "PD", "FLAIR", "T1Gd"]  # our canonical names; each layout maps its own onto them
 BRATS_SUFFIX = {"t1n": "T1", "t1c": "T1Gd", "t2w": "T2", "t2f": "FLAIR", "seg": "seg"}
 BRATS_LEGACY_SUFFIX = {"t1": "T1", "t1ce": "T1Gd", "t2": "T2", "flair": "FLAIR", "seg": "seg"}
@@ -52,6 +58,13 @@ def _brats_match(path: Path):
     return None
 
 
+def _msd_match(path: Path):
+    m = MSD_PATTERN.fullmatch(path.name)
+    if not m or path.parent.name not in ("imagesTr", "labelsTr"):
+        return None
+    return m["subject"], "seg" if path.parent.name == "labelsTr" else MSD_IMAGE
+
+
 def _bids_match(path: Path):
     m = BIDS_PATTERN.fullmatch(path.name)
     if not m or path.parent.name != "anat":
@@ -63,13 +76,16 @@ def _bids_match(path: Path):
     return subject, contrast
 
 
-MATCHERS = {"ixi": _ixi_match, "brats": _brats_match, "bids": _bids_match}
+MATCHERS = {"ixi": _ixi_match, "brats": _brats_match, "bids": _bids_match, "msd": _msd_match}
+LAYOUT_CONTRASTS = {"ixi": ["T1", "T2", "PD"], "brats": ["T1", "T2", "FLAIR", "T1Gd"], "bids": CONTRASTS,
+                    "msd": ["FLAIR", "T1", "T1Gd", "T2"]}  # msd: the 4D volume's channels, in order
 
 
 def nifti_files(root: Path) -> list[Path]:
-    """Every NIfTI file under root, following symlinked folders (a data folder is often a link to shared storage)."""
+    """Every NIfTI file under root, following symlinked folders (a data folder is often a link to shared storage),
+    without macOS's "._" resource files (the Decathlon's tarballs hold one beside every volume)."""
     return sorted(Path(folder, name) for folder, _, names in os.walk(root, followlinks=True)
-                  for name in names if ".nii" in name)
+                  for name in names if ".nii" in name and not name.startswith("._"))
 
 
 def discover(root: str | Path, layout: str, contrasts: list[str], on_missing: str = "drop",
@@ -99,7 +115,7 @@ def discover(root: str | Path, layout: str, contrasts: list[str], on_missing: st
         raise InputError(f"raw data folder {root} holds no {layout} NIfTI files.{hint} "
                          f"Get the data from {DOWNLOAD_PAGES[layout]}")
 
-    required = list(contrasts) + (["seg"] if with_labels else [])
+    required = ([MSD_IMAGE] if layout == "msd" else list(contrasts)) + (["seg"] if with_labels else [])
     complete, incomplete = {}, {}
     for subject, files in sorted(found.items()):
         missing = [c for c in required if c not in files]
@@ -129,6 +145,12 @@ def brats_labels(labels: np.ndarray, path: Path) -> np.ndarray:
     if {3, 4} <= values:
         raise InputError(f"{path}: holds both label 3 (2023 enhancing) and 4 (2018-2021 enhancing)")
     return np.where(labels == 4, 3, labels).astype(np.uint8)
+
+
+def msd_split_files(root: str | Path, subject: str, kinds) -> dict[str, Path]:
+    """Where `codebrain split-msd` writes one Decathlon subject: BraTS 2018-2021 naming, so `brats` reads it."""
+    suffix = {v: k for k, v in BRATS_LEGACY_SUFFIX.items()}
+    return {kind: Path(root) / subject / f"{subject}_{suffix[kind]}.nii.gz" for kind in kinds}
 
 
 def phantom_subject_id(flavour: str, index: int) -> str:

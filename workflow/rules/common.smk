@@ -12,7 +12,7 @@ from codebrain.data import layouts
 from codebrain.tracking import close_invocation, tracking_uri
 from codebrain.training.config import split_experiments
 from codebrain.workflow import (ACCELERATE_CONFIGS, check_config, check_raw_data, experiment_json, launch_args,
-                                phantom_subjects, raw_subjects, start_invocation)
+                                msd_sources, phantom_subjects, raw_subjects, start_invocation)
 
 check_config(config)
 # Real data: dataset.root must hold the subjects, or download.urls fetch them first (the `download_raw` checkpoint);
@@ -26,6 +26,7 @@ CONTRASTS = DATASET["contrasts"]
 REFERENCE = DATASET["reference"]
 RAW_KINDS = CONTRASTS + (["seg"] if DATASET["labels"] else [])
 REGISTER = config["registration"]["method"] != "none"
+MSD = DATASET["layout"] == "msd"  # 4D volumes, split into BraTS-named files under {OUT}/raw first
 SPLITS = ["train", "val", "test"]
 PACKAGE = Path(workflow.basedir) / "codebrain"
 os.environ[ACCELERATE_CONFIGS] = str(Path(workflow.basedir) / "config" / "accelerate")  # read by the jobs' shell
@@ -58,6 +59,17 @@ def get_raw_files(wildcards):
 
 def get_all_raw_files(wildcards):
     return [path for files in get_raw_subjects().values() for path in files.values()]
+
+
+@cache
+def get_msd_sources():
+    """{subject: {"channels": 4D volume, "seg": labels}} of a Decathlon folder (layout msd)."""
+    return msd_sources(config)
+
+
+def msd_outputs():
+    files = layouts.msd_split_files(f"{OUT}/raw", "{subject}", RAW_KINDS)
+    return {k: str(p) for k, p in files.items()}
 
 
 def phantom_outputs():

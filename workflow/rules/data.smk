@@ -29,6 +29,34 @@ if "phantom" in config:
             " --downsample {params.downsample} --seed {params.seed} {params.tracking} > {log} 2>&1"
 
 
+if MSD:
+
+    rule split_msd_subject:
+        input:
+            unpack(lambda wildcards: get_msd_sources()[wildcards.subject]),
+        output:
+            **msd_outputs(),
+        params:
+            tracking=get_tracking_args,
+            labels=lambda wildcards, input: f"--labels {input.seg}" if DATASET["labels"] else "",
+            contrasts=" ".join(CONTRASTS),
+            out_root=f"{OUT}/raw",
+            code=source_hash("data/msd.py", "data/layouts.py", "data/nifti.py"),
+        log:
+            f"{OUT}/logs/split_msd_subject/{{subject}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/split_msd_subject/{{subject}}.tsv"
+        threads: 1
+        resources:
+            gpu=0,
+            mem_mb=4000,
+        conda:
+            "../../envs/codebrain.yaml"
+        shell:
+            "codebrain split-msd --image {input.channels} {params.labels} --subject {wildcards.subject}"
+            " --contrasts {params.contrasts} --out-root {params.out_root} {params.tracking} > {log} 2>&1"
+
+
 rule check_raw:
     input:
         get_all_raw_files,
@@ -36,8 +64,8 @@ rule check_raw:
         f"{OUT}/manifest.tsv",
     params:
         tracking=get_tracking_args,
-        root=DATASET["root"],
-        layout=DATASET["layout"],
+        root=f"{OUT}/raw" if MSD else DATASET["root"],  # the Decathlon's volumes are checked once split
+        layout="brats" if MSD else DATASET["layout"],
         contrasts=" ".join(CONTRASTS),
         on_missing=DATASET["on_missing_contrast"],
         labels="--labels" if DATASET["labels"] else "",
