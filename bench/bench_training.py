@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from codebrain.models.config import ModelConfig
 from codebrain.models.losses import psnr_loss
-from codebrain.models.nafnet import NAFBlock
+from codebrain.models.nafnet import checkpoint_blocks
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
@@ -42,13 +41,6 @@ VARIANTS = {
     "bf16+channels_last+compile+fused_adam": {"bf16", "channels_last", "compile", "fused_adam"},
     "bf16+channels_last+checkpointing": {"bf16", "channels_last", "checkpointing"},
 }
-
-
-def checkpoint_blocks(model: torch.nn.Module) -> None:
-    """Recompute every NAFBlock in the backward pass instead of keeping its activations."""
-    for block in [m for m in model.modules() if isinstance(m, NAFBlock)]:
-        forward = block.forward
-        block.forward = lambda x, forward=forward: checkpoint(forward, x, use_reentrant=False)
 
 
 class Stage1Step:
@@ -107,7 +99,7 @@ def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
 
 
 def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, steps: int, warmup: int,
-            device) -> dict:
+            device, profile: Path | None = None) -> dict:
     torch.manual_seed(0)
     step = (Stage1Step if stage == "stage1" else Stage2Step)(cfg, options, device)
     layout = torch.channels_last if "channels_last" in options else torch.contiguous_format
@@ -144,6 +136,19 @@ def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, s
     sync()
     seconds = time.perf_counter() - started
     samples_per_s = steps * batch / seconds
+    if profile is not None:  # three more steps under torch.profiler: where the time goes, kernel by kernel
+        from torch.profiler import ProfilerActivity, profile as profiler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profiler(activities=activities) as recorded:
+            for _ in range(3):
+                with autocast:
+                    call(image, mask, extra)
+            sync()
+        sort = "cuda_time_total" if cuda else "cpu_time_total"
+        with open(profile, "a") as handle:
+            handle.write(f"## {stage}, {' + '.join(sorted(options)) or 'fp32'}, batch {batch}, {size} x {size}\n")
+            handle.write(recorded.key_averages().table(sort_by=sort, row_limit=15) + "\n")
     flops = 3 * forward_flops(stage, cfg, batch, size) * steps / seconds
     return {"stage": stage, "samples_per_s": samples_per_s, "tflops": flops / 1e12, "first_step_s": first_step_s,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
@@ -160,6 +165,9 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--stages", nargs="+", default=["stage1", "stage2"], choices=["stage1", "stage2"])
     parser.add_argument("--out", help="JSON file (default: bench/training-<device>.json)")
+    parser.add_argument("--profile", nargs="*", default=[], choices=list(VARIANTS),
+                        help="variants to profile (top kernels, appended to --profile-out)")
+    parser.add_argument("--profile-out", default="bench/profile.txt")
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error("--warmup must be at least 1 (the first step compiles and autotunes)")
@@ -176,8 +184,9 @@ def main(argv=None):
             if device.type == "cpu" and VARIANTS[name] & {"bf16", "compile", "fused_adam"}:
                 continue  # GPU variants; on the CPU only fp32 and layout/checkpointing are meaningful
             try:
+                profile = Path(args.profile_out) if name in args.profile else None
                 row = {"variant": name, **measure(stage, cfg, VARIANTS[name], args.batch, args.size, args.steps,
-                                                  args.warmup, device)}
+                                                  args.warmup, device, profile)}
             except torch.OutOfMemoryError:
                 rows.append({"stage": stage, "variant": name, "error": "out of memory"})
                 print(f"{stage:<7} {name:<40} {'out of memory':>10}", flush=True)

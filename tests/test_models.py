@@ -216,3 +216,36 @@ def test_shipped_configs_validate_and_build(config_file):
         experiment = parse_experiment(section, config["dataset"]["contrasts"])
         size = config["slices"]["size"]
         assert size % experiment.model.downsampling == 0, f"{name}: slices.size {size} vs code downsampling"
+
+
+def test_activation_checkpointing_changes_memory_not_results():
+    """A checkpointed Stage I forward + backward gives the same loss and gradients as a plain one, and the
+    training config switches it on for every NAFBlock of the stage's network."""
+    from codebrain.models.nafnet import NAFBlock, checkpoint_blocks
+    from codebrain.training.config import Experiment
+    from codebrain.training.loop import make_accelerator
+    from codebrain.training.stage1 import StageOne
+    from helpers import MODEL
+
+    cfg = ModelConfig.from_dict({**MODEL, "contrasts": ["T1", "T2", "PD"]})
+    torch.manual_seed(0)
+    model = Reconstructor(cfg)
+    image, mask, anchor = torch.rand(2, 3, 16, 16), torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool), torch.tensor([1, 0])
+
+    def loss_and_grads():
+        model.zero_grad()
+        reconstruction, _, quantiser_loss = model(image, mask, anchor)
+        loss = psnr_loss(reconstruction, image[torch.arange(2), anchor][:, None]) + quantiser_loss
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    plain_loss, plain_grads = loss_and_grads()
+    checkpoint_blocks(model)
+    assert all(m.checkpointed for m in model.modules() if isinstance(m, NAFBlock))
+    loss, grads = loss_and_grads()
+    assert loss == pytest.approx(plain_loss, rel=1e-6) and torch.allclose(grads, plain_grads, atol=1e-6)
+
+    experiment = Experiment.from_dict({"model": MODEL, "stage1": {"activation_checkpointing": True}}, ["T1", "T2", "PD"])
+    stage = StageOne(experiment, make_accelerator())
+    flags = [m.checkpointed for m in stage.model.modules() if isinstance(m, NAFBlock)]
+    assert flags and all(flags)

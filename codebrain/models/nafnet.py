@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class LayerNorm2d(nn.Module):
@@ -38,6 +39,8 @@ class SimpleGate(nn.Module):
 
 
 class NAFBlock(nn.Module):
+    checkpointed = False  # recompute this block's activations in the backward pass (`checkpoint_blocks`)
+
     def __init__(self, channels: int, dw_expand: int = 2, ffn_expand: int = 2):
         super().__init__()
         dw = channels * dw_expand
@@ -54,11 +57,24 @@ class NAFBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, inp):
+        if self.checkpointed and torch.is_grad_enabled():
+            return checkpoint(self.block, inp, use_reentrant=False)
+        return self.block(inp)
+
+    def block(self, inp):
         x = self.gate(self.conv2(self.conv1(self.norm1(inp))))
         x = self.conv3(x * self.sca(x))
         y = inp + x * self.beta
         x = self.conv5(self.gate(self.conv4(self.norm2(y))))
         return y + x * self.gamma
+
+
+def checkpoint_blocks(model: nn.Module, enabled: bool = True) -> None:
+    """Keep no NAFBlock activations for the backward pass, recomputing them instead: memory for time. The paper
+    model's Stage I at batch 48 and 256 x 256 fits one GPU only so (BENCHMARKS.md)."""
+    for module in model.modules():
+        if isinstance(module, NAFBlock):
+            module.checkpointed = enabled
 
 
 def blocks(channels: int, count: int) -> nn.Sequential:

@@ -26,6 +26,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    activation_checkpointing: bool = False  # recompute NAFBlock activations in backward: memory for ~10 % time
     # Stage I only: adversarial term and reconstruction weights
     gan_weight: float = 1.0  # lambda; 0 switches the discriminator off
     gan_loss: str = "vanilla"  # vanilla (BCE) | lsgan

@@ -11,6 +11,7 @@ from accelerate.utils import set_seed
 
 from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.models.losses import psnr_loss, reconstruction_weights
+from codebrain.models.nafnet import checkpoint_blocks
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.reconstructor import Reconstructor
 from codebrain.training.config import Experiment
@@ -25,6 +26,7 @@ class StageOne:
         cfg, model_cfg = self.cfg, self.model_config
         set_seed(cfg.seed)  # identical initial weights on every process
         model = Reconstructor(model_cfg)
+        checkpoint_blocks(model, cfg.activation_checkpointing)
         n = len(model_cfg.contrasts)
         out_channels = n if model_cfg.joint_code else 1
         disc = PatchDiscriminator(out_channels + (n if model_cfg.disc_conditional else 0), model_cfg.disc_width,

@@ -14,6 +14,7 @@ from codebrain.checkpoints import config_mismatch, load_stage1
 from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.io import InputError
 from codebrain.models.config import PRIOR_FIELDS, STAGE1_FIELDS, ModelConfig
+from codebrain.models.nafnet import checkpoint_blocks
 from codebrain.models.prior import CodePrior
 from codebrain.training.config import Experiment
 from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
@@ -26,6 +27,7 @@ class StageTwo:
         self.cfg, self.model_config, self.accelerator = experiment.stage2, model_config, accelerator
         set_seed(self.cfg.seed)
         prior = CodePrior(model_config)
+        checkpoint_blocks(prior, self.cfg.activation_checkpointing)
         optimizer = make_optimizer(prior.parameters(), self.cfg)
         self.model, self.optimizer = accelerator.prepare(prior, optimizer)  # E_prior
         self.optimizers = [(self.optimizer, self.cfg.lr)]
