@@ -41,11 +41,12 @@ def check_config(config: dict) -> None:
     for contrast in [*contrasts, reference]:
         if contrast not in CONTRASTS:
             raise WorkflowError(f"config dataset.contrasts: {contrast!r} is not one of {CONTRASTS}")
+    if reference not in contrasts:
+        raise WorkflowError(f"config dataset.reference: {reference} is not one of dataset.contrasts {contrasts}")
+    for contrast in contrasts:
         if contrast not in LAYOUT_CONTRASTS[dataset["layout"]]:
             raise WorkflowError(f"config dataset.contrasts: {dataset['layout']} data have no {contrast} "
                                 f"(they have {LAYOUT_CONTRASTS[dataset['layout']]})")
-    if reference not in contrasts:
-        raise WorkflowError(f"config dataset.reference: {reference} is not one of dataset.contrasts {contrasts}")
     if "phantom" in config:
         flavour = config["phantom"]["flavour"]
         missing = set(contrasts) - set(FLAVOURS[flavour])

@@ -177,3 +177,21 @@ def test_a_real_1mm_case_with_a_4mm_model_is_imputed_over_the_whole_brain(workdi
     assert imputed.shape == t1.shape and np.allclose(imputed.affine, t1.affine)
     brain = np.asarray(t1.dataobj) > 0
     assert (imputed.get_fdata()[brain] > 0).mean() > 0.98
+
+
+def test_impute_with_uncertainty_writes_the_std_beside_the_image(workdir, tmp_path):
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    raw = {c: out / "raw" / f"IXI-{c}" / f"IXI001-Phantom-0001-{c}.nii.gz" for c in ("T1", "T2", "PD")}
+    args = ["impute", "--model", out / "models" / "codebrain" / "stage2.pt", "--input", f"T2={raw['T2']}",
+            "--input", f"PD={raw['PD']}", "--target", "T1", "--out", tmp_path / "t1.nii.gz", "--uncertainty", "4"]
+    result = codebrain_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "t1_std.nii.gz: per-voxel std of 4 images" in result.stdout
+    image, std = nib.load(tmp_path / "t1.nii.gz"), nib.load(tmp_path / "t1_std.nii.gz")
+    assert std.shape == image.shape and np.allclose(std.affine, image.affine)
+    spread = std.get_fdata()
+    assert spread.min() >= 0 and spread.max() > 0 and (spread[image.get_fdata() == 0] == 0).mean() > 0.5
+    (tmp_path / "t1.nii.gz").unlink()
+    result = codebrain_cli(*args)  # the std file is never replaced without --overwrite either
+    assert result.returncode == 2 and "t1_std.nii.gz: exists; pass --overwrite" in result.stderr

@@ -16,9 +16,11 @@ def cmd_evaluate(args):
     out_dir = Path(args.out_dir)
     with step_run(args, "evaluate_model", f"evaluate_model/{args.experiment}", record=args.run_record,
                   experiment=args.experiment, split=args.split) as tracker:
-        means = evaluate(Path(args.model), Path(args.store), out_dir, args.contrasts, args.split, args.batch_size)
+        means = evaluate(Path(args.model), Path(args.store), out_dir, args.contrasts, args.split, args.batch_size,
+                         args.uncertainty_samples)
         tracker.log_metrics(logged_metrics(means, args.split))
-        for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png", "code_maps.png"):
+        for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png", "code_maps.png", "uncertainty.csv",
+                     "uncertainty.png"):
             if (out_dir / name).exists():
                 tracker.log_artifact(out_dir / name)
     print(means[means.group == "ALL"].to_string(index=False))
@@ -90,14 +92,15 @@ def cmd_impute(args):
     import shutil
 
     from codebrain.checkpoints import load_codebrain
-    from codebrain.evaluation.impute import impute_scans
+    from codebrain.evaluation.impute import impute_scans, std_path
 
     inputs, out = named_files(args.input), Path(args.out)
     for contrast, path in inputs.items():
         if path.resolve() == out.resolve():
             raise InputError(f"--out {out}: is the {contrast} input; write the imputed {args.target} elsewhere")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"--out {out}: exists; pass --overwrite to replace it")
+    for path in [out] + ([std_path(out)] if args.uncertainty else []):
+        if path.exists() and not args.overwrite:
+            raise InputError(f"--out {path}: exists; pass --overwrite to replace it")
     stage1, prior, data = load_codebrain(args.model)
     if "size" not in data:
         raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
@@ -106,11 +109,13 @@ def cmd_impute(args):
     shutil.rmtree(work_dir, ignore_errors=True)
     try:
         report = impute_scans(stage1.to(device), prior.to(device), data, inputs, args.target, out, args.register,
-                              args.outside, work_dir)
+                              args.outside, work_dir, args.uncertainty)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
+    if report["std"]:
+        print(f"{report['std']}: per-voxel std of {args.uncertainty} images decoded from sampled codes")
     voxel = "x".join(f"{v:g}" for v in report["input_voxel_size"])
     if report["resampled_to"] is not None:
         in_plane, through_plane = report["resampled_to"]
@@ -137,6 +142,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--uncertainty-samples", type=int, default=0,
+                   help="K code samples per imputation for uncertainty.csv/png (CodeBrain with FSQ codes; 0: off)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="the experiments' summaries side by side (metrics/summary.csv)")
@@ -176,4 +183,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--register", action="store_true", help="rigidly register the inputs to the first one (ANTs)")
     p.add_argument("--outside", choices=["impute", "skip"], default="impute",
                    help="brain slices outside the trained middle range: impute them too, or leave them at 0")
+    p.add_argument("--uncertainty", type=int, nargs="?", const=8, default=0, metavar="K",
+                   help="also write <out>_std.nii.gz, the per-voxel std of K (default 8) images decoded from codes "
+                        "sampled from E_prior")
     p.set_defaults(func=cmd_impute)

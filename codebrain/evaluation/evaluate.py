@@ -158,8 +158,9 @@ def imputer_device(imputer):
 
 
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str], split: str = "test",
-             batch_size: int = 32) -> pd.DataFrame:
-    """Refused when the store, the checkpoint or `contrasts` disagree on the contrasts."""
+             batch_size: int = 32, uncertainty_samples: int = 0) -> pd.DataFrame:
+    """Refused when the store, the checkpoint or `contrasts` disagree on the contrasts. With uncertainty_samples
+    (CodeBrain with FSQ codes), also uncertainty.csv and uncertainty.png (evaluation/uncertainty.py)."""
     device = default_device()
     slices, _ = open_store(store, split, contrasts)
     imputer, method = load_imputer(checkpoint, contrasts, device)
@@ -178,6 +179,17 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
         tmp.write_text(markdown_tables(table, means))
     exemplar_figure(imputer, method, slices, contrasts, out_dir / "exemplars.png", len(slices) // 2)
     code_map_figure(imputer, slices, contrasts, out_dir / "code_maps.png", len(slices) // 2)
+    if uncertainty_samples and isinstance(imputer, CodeBrainImputer) and imputer.stage1.quantiser.level_counts:
+        from codebrain.evaluation.uncertainty import evaluate_uncertainty, uncertainty_figure
+
+        labels_path = Path(store) / f"{split}_labels.npy"
+        labels = np.load(labels_path, mmap_mode="r") if labels_path.exists() else None
+        calibrated = evaluate_uncertainty(imputer.stage1, imputer.prior, slices, contrasts, device,
+                                          uncertainty_samples, batch_size, labels)
+        with write_atomic(out_dir / "uncertainty.csv") as tmp:
+            calibrated.to_csv(tmp, index=False, float_format="%.5f")
+        uncertainty_figure(calibrated, imputer.stage1, imputer.prior, slices, contrasts, out_dir / "uncertainty.png",
+                           len(slices) // 2, uncertainty_samples)
     return means
 
 

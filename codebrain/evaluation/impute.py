@@ -73,8 +73,15 @@ def trained_spacing(data: dict) -> list[float] | None:
     return None
 
 
+def std_path(out: Path) -> Path:
+    """Where `codebrain impute --uncertainty` writes the per-voxel std beside the image: <name>_std.nii.gz."""
+    name = out.name.removesuffix(".gz").removesuffix(".nii")
+    return out.with_name(f"{name}_std{out.name[len(name):]}")
+
+
 def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str, out: Path,
-                 register: bool = False, outside: str = "impute", work_dir: Path | None = None) -> dict:
+                 register: bool = False, outside: str = "impute", work_dir: Path | None = None,
+                 uncertainty_samples: int = 0) -> dict:
     """A user's own scans -> the target contrast as NIfTI on the first input's grid.
 
     The scans are resampled to the voxel size the model was trained at (when theirs differs), sliced as the
@@ -82,6 +89,7 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     than the trained window is imputed in overlapping tiles; the result is resampled back onto the first input's
     grid, in normalised units, as a missing contrast has no intensity scale of its own. Brain slices outside the
     K middle ones the model was trained on are imputed too (outside="impute") or left at 0 ("skip").
+    With uncertainty_samples K, the std of K images decoded from sampled codes is written beside (`std_path`).
     """
     from codebrain.data.nifti import save_volume
     from codebrain.data.slices import (cut_slices, grid_voxel_size, load_subject, slice_config, slice_range,
@@ -115,19 +123,34 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     z = np.arange(occupied[0], occupied[-1] + 1) if outside == "impute" else np.arange(trained_first, trained_last + 1)
     available = np.array([c in inputs for c in contrasts])
     device = next(stage1.parameters()).device
-    tiles = []
+    if uncertainty_samples:
+        from codebrain.evaluation.uncertainty import check_samplable, sample_imputations
+
+        check_samplable(stage1)
+    tiles, std_tiles = [], []
     corners = tile_corners(mask[:, :, z], size)
     for corner in tqdm(corners, desc="impute windows", unit="window", disable=len(corners) == 1):
         given, _, _ = cut_slices(volumes, inputs, mask, z, size, cfg, corner)  # K x inputs x S x S
         stack = np.zeros((len(z), len(contrasts), size, size), np.float32)
         stack[:, [contrasts.index(c) for c in inputs]] = given
-        imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu()
-                             for batch in torch.from_numpy(stack).split(32)])
+        batches = torch.from_numpy(stack).split(32)
+        if uncertainty_samples:
+            samples = [sample_imputations(stage1, prior, batch.to(device), available, uncertainty_samples)
+                       for batch in batches]
+            imputed = torch.cat([s["hard"].cpu() for s in samples])
+            std = torch.cat([s["std"].cpu() for s in samples])
+            std_tiles.append((std[:, contrasts.index(target)].numpy(), corner))
+        else:
+            imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu() for batch in batches])
         tiles.append((imputed[:, contrasts.index(target)].numpy(), corner))
     volume = restack(tiles, z, 0.0, 1.0, images[first], spacing)
     save_volume(volume.get_fdata(dtype=np.float32), images[first].affine, out)
+    if uncertainty_samples:
+        spread = restack(std_tiles, z, 0.0, 1.0, images[first], spacing)
+        save_volume(spread.get_fdata(dtype=np.float32), images[first].affine, std_path(out))
     outside_count = int(len(occupied) - (trained_last - trained_first + 1))
     return {"slices": len(z), "trained_range": [int(trained_first), int(trained_last)],
             "brain_slices": [int(occupied[0]), int(occupied[-1])], "outside_trained_range": outside_count,
             "outside": outside, "input_voxel_size": own, "resampled_to": spacing,
-            "windows": len(corners), "window": "tiles" if len(corners) > 1 else "pad"}
+            "windows": len(corners), "window": "tiles" if len(corners) > 1 else "pad",
+            "std": str(std_path(out)) if uncertainty_samples else None}

@@ -24,6 +24,31 @@ def bits_to_level(logits: torch.Tensor) -> torch.Tensor:
     return (logits > 0).sum(1)
 
 
+def bits_to_distribution(logits: torch.Tensor) -> torch.Tensor:
+    """B x (L-1) x h x w bit logits -> B x L x h x w P(level = j).
+
+    Bit j's probability is P(level > j); the head does not make it non-increasing in j, so it is made so
+    (running minimum), framed by P(level >= 0) = 1 and P(level >= L) = 0, and differenced. For such
+    monotone bits, `bits_to_level` is the distribution's median."""
+    above = torch.sigmoid(logits.float()).cummin(dim=1).values  # P(level > j), j = 0 .. L-2
+    at_least = torch.cat([torch.ones_like(above[:, :1]), above, torch.zeros_like(above[:, :1])], 1)
+    return at_least[:, :-1] - at_least[:, 1:]
+
+
+def padded_stack(distributions: list[torch.Tensor]) -> torch.Tensor:
+    """Per-dimension B x L_i x h x w distributions -> B x d x max(L) x h x w, zero beyond each L_i."""
+    width = max(p.shape[1] for p in distributions)
+    return torch.stack([F.pad(p, (0, 0, 0, 0, 0, width - p.shape[1])) for p in distributions], 1)
+
+
+def sample_levels(distribution: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """... x L x h x w level distributions -> samples x ... x h x w levels drawn from them (inverse CDF)."""
+    cdf = distribution.cumsum(-3)
+    draws = torch.rand((samples, *cdf.shape[:-3], 1, *cdf.shape[-2:]), generator=generator, device=cdf.device)
+    levels = (cdf[None] < draws).sum(-3)
+    return levels.clamp(max=distribution.shape[-3] - 1).to(torch.uint8)
+
+
 class GradingTarget:
     """FSQ levels, ordinal BCE over sum(L_i - 1) bits."""
 
@@ -41,6 +66,11 @@ class GradingTarget:
         chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)
         return torch.stack([bits_to_level(chunk) for chunk in chunks], 1).to(torch.uint8)
 
+    def distribution(self, logits):
+        """B x d x max(L) x h x w: P(level = j) per dimension."""
+        chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)
+        return padded_stack([bits_to_distribution(chunk) for chunk in chunks])
+
 
 class ClassTarget:
     """Cross-entropy over L_i classes per dimension (the paper's "CLS" ablation; VQ's one index of K)."""
@@ -57,6 +87,10 @@ class ClassTarget:
         chunks = torch.split(logits, self.levels, dim=1)
         dtype = torch.uint8 if max(self.levels) <= 256 else torch.int64
         return torch.stack([chunk.argmax(1) for chunk in chunks], 1).to(dtype)
+
+    def distribution(self, logits):
+        """B x d x max(L) x h x w: each dimension's softmax."""
+        return padded_stack([chunk.float().softmax(1) for chunk in torch.split(logits, self.levels, dim=1)])
 
 
 class RegressionTarget:

@@ -35,3 +35,10 @@ class CodePrior(nn.Module):
     def predict(self, logits):
         """Logits -> codes, B x n_code_maps x d' x h x w."""
         return self.target.predict(logits.flatten(0, 1)).unflatten(0, logits.shape[:2])
+
+    def distribution(self, logits):
+        """Logits -> P(level = j), B x n_code_maps x d x L x h x w (the targets that predict levels)."""
+        if not hasattr(self.target, "distribution"):
+            raise ValueError(f"model.quantiser {self.cfg.quantiser}: E_prior regresses the code, it gives no "
+                             f"distribution to sample from")
+        return self.target.distribution(logits.flatten(0, 1)).unflatten(0, logits.shape[:2])

@@ -19,8 +19,12 @@ rule evaluate_model:
         contrasts=" ".join(CONTRASTS),
         split=config["evaluation"]["split"],
         batch_size=config["evaluation"]["batch_size"],
+        uncertainty=lambda wildcards: config["evaluation"]["uncertainty_samples"]
+        if wildcards.experiment in CODEBRAIN_EXPERIMENTS
+        else 0,
         tracking=get_tracking_args,
-        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py", "checkpoints.py"),
+        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py",
+                         "evaluation/uncertainty.py", "checkpoints.py"),
     log:
         f"{OUT}/logs/evaluate_model/{{experiment}}.log",
     benchmark:
@@ -35,6 +39,7 @@ rule evaluate_model:
         with_gpus(
             "codebrain evaluate --model {input.model} --store {params.store}"
             " --split {params.split} --batch-size {params.batch_size} --out-dir {params.out_dir}"
+            " --uncertainty-samples {params.uncertainty}"
             " --contrasts {params.contrasts} --experiment {wildcards.experiment} {params.tracking}"
             " --run-record {output.record} > {log} 2>&1"
         )
