@@ -95,14 +95,15 @@ RUN_NOTES = {  # the run page's description: what the run is and which metric to
 
 
 def provenance() -> dict:
-    """Where a run ran: host and Snakemake version (the git commit is tagged by the callers that know it)."""
+    """Where a run ran: host, process and Snakemake version (the git commit is tagged by the callers that know it).
+    Host and pid let a later invocation tell a run whose process was killed (`mark_killed_runs`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         snakemake_version = version("snakemake")
     except PackageNotFoundError:
         snakemake_version = "none"
-    return {"host": socket.gethostname(), "snakemake_version": snakemake_version}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "snakemake_version": snakemake_version}
 
 
 def git_commit() -> str:
@@ -161,12 +162,35 @@ def rebase_artifacts(database: Path, old: str, new: str) -> None:
                            (new, len(old) + 1, old + "/%"))
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def mark_killed_runs(client, experiment: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that no longer exists (a SIGKILL, a lost node) become KILLED,
+    so that no run of a dead job stays RUNNING; returns their ids. Runs of other hosts are left alone."""
+    host, killed = socket.gethostname(), []
+    for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        tags = run.data.tags
+        if tags.get("host") == host and tags.get("pid", "").isdigit() and not process_alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    return killed
+
+
 def start_parent_run(uri: str, experiment: str, run_name: str, tags: dict, config: dict) -> str:
     """The run that groups one workflow invocation's job runs (their mlflow.parentRunId); returns its id."""
     from mlflow.tracking import MlflowClient
 
     with store_lock(uri):
         client = MlflowClient(uri)
+        mark_killed_runs(client, experiment_id(client, uri, experiment))
         run = client.create_run(experiment_id(client, uri, experiment), run_name=run_name,
                                 tags={k: str(v) for k, v in {**provenance(), **notes(tags), **tags}.items()})
         client.log_dict(run.info.run_id, config, "config.json")
@@ -192,12 +216,24 @@ def close_invocation(uri: str, status: str) -> None:
             MlflowClient(uri).set_terminated(run_id, status)
 
 
+def pending_dir(uri: str) -> Path:
+    """Where runs a failing store could not take wait for `codebrain sync-tracking`: beside a SQLite store, else
+    results/mlflow-pending/ under the working directory (the project folder, for Snakemake's jobs)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlflow-pending"
+    return Path("results") / "mlflow-pending"
+
+
 class Tracker:
-    """A thin MLflow run; a disabled Tracker (non-main processes) does nothing."""
+    """A thin MLflow run; a disabled Tracker (non-main processes) does nothing.
+
+    A store that fails (locked, read-only, a server gone) never fails the step: from the first failing call on,
+    what the run would have logged is kept and written at `finish` to pending_dir(uri) as one JSON file, with one
+    line on stderr; `codebrain sync-tracking` (`sync_pending`) logs it once the store works again."""
 
     def __init__(self, enabled: bool, uri: str = "", experiment: str = "", run_name: str = "",
                  tags: dict | None = None, params: dict | None = None):
-        self.enabled, self.run_id = enabled, None
+        self.enabled, self.run_id, self.uri, self.offline = enabled, None, uri, None
         if not enabled:
             return
         import mlflow
@@ -207,23 +243,42 @@ class Tracker:
         parent = os.environ.get(PARENT_RUN_VARIABLE)
         run_tags = {**provenance(), **notes(tags or {}), **(tags or {}),
                     **({"mlflow.parentRunId": parent} if parent else {})}
-        with self.locked():
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(uri), uri, experiment))
-            self.run = mlflow.start_run(run_name=run_name, tags={k: str(v) for k, v in run_tags.items()})
-            self.run_id = self.run.info.run_id
-            if params:
-                mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        self.pending = {"uri": uri, "experiment": experiment, "run_name": run_name, "run_id": None,
+                        "tags": {k: str(v) for k, v in run_tags.items()},
+                        "params": {k: str(v)[:6000] for k, v in (params or {}).items()}, "calls": []}
+        try:
+            with self.locked():
+                mlflow.set_tracking_uri(uri)
+                mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(uri), uri, experiment))
+                self.run = mlflow.start_run(run_name=run_name, tags=self.pending["tags"])
+                self.run_id = self.pending["run_id"] = self.run.info.run_id
+                if params:
+                    mlflow.log_params(self.pending["params"])
+        except Exception as err:  # MLflow, SQLAlchemy, the file system and the lock raise many types
+            self.go_offline(err)
+
+    def go_offline(self, err: Exception) -> None:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        self.offline = f"{type(err).__name__}: {cause}"[:300]
+
+    def send(self, method: str, *args, **kwargs) -> None:
+        """One logging call: to the store, or, once the store has failed, into the pending run."""
+        if not self.enabled:
+            return
+        if self.offline is None:
+            try:
+                with self.locked():
+                    getattr(self.mlflow, method)(*args, **kwargs)
+                return
+            except Exception as err:
+                self.go_offline(err)
+        self.pending["calls"].append([method, list(args), kwargs])
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        if self.enabled:
-            with self.locked():
-                self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self.send("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        if self.enabled:
-            with self.locked():
-                self.mlflow.log_artifact(str(path), artifact_path=folder)
+        self.send("log_artifact", str(Path(path).resolve()), artifact_path=folder)
 
     def log_checkpoint(self, path: Path, max_bytes: int = 100 * 2**20) -> None:
         """Small checkpoints as artefacts; large ones by path and sha256 (no copy of weights into the store)."""
@@ -240,21 +295,74 @@ class Tracker:
             self.set_tags({"checkpoint.path": path.resolve(), "checkpoint.sha256": digest.hexdigest()})
 
     def log_dict(self, data: dict, name: str) -> None:
-        if self.enabled:
-            with self.locked():
-                self.mlflow.log_dict(data, name)
+        self.send("log_dict", data, name)
 
     def set_tags(self, tags: dict) -> None:
-        if self.enabled:
-            with self.locked():
-                self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self.send("set_tags", {k: str(v) for k, v in tags.items()})
 
     def finish(self, record: str | Path | None, status: str = "FINISHED") -> None:
-        """End the run and write the run record {run_id, tracking_uri} (the step's declared output)."""
+        """End the run and write the run record {run_id, tracking_uri[, pending]} (the step's declared output)."""
         if not self.enabled:
             return
-        with self.locked():
-            self.mlflow.end_run(status=status)
+        self.send("end_run", status=status)
+        entry = {"run_id": self.run_id, "tracking_uri": self.uri}
+        if self.offline is not None:
+            self.pending["status"] = status
+            folder = pending_dir(self.uri)
+            path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.pending['run_name'].replace('/', '_')}.json"
+            with write_atomic(path) as tmp:
+                tmp.write_text(json.dumps(self.pending, indent=1, default=str))
+            entry["pending"] = str(path)
+            import sys
+
+            print(f"[codebrain] MLflow store {self.uri} failed ({self.offline}); the step's outputs are kept and its "
+                  f"run waits in {path}: run `codebrain sync-tracking` when the store works again", file=sys.stderr)
         if record:
             with write_atomic(record) as tmp:
-                tmp.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.mlflow.get_tracking_uri()}))
+                tmp.write_text(json.dumps(entry))
+
+
+def run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def sync_pending(folder: Path, uri: str | None = None) -> list[str]:
+    """Log the runs a failing store could not take (Tracker's pending files in `folder`) into their store (or
+    `uri`): into the run itself when the store took its start, else a new one; a synced file is removed. Returns
+    the run ids. Uses the client API, so an active run of this process is left alone."""
+    from mlflow.tracking import MlflowClient
+
+    synced = []
+    for path in sorted(Path(folder).glob("*.json")):
+        pending = json.loads(path.read_text())
+        target = uri or pending["uri"]
+        with store_lock(target):
+            client = MlflowClient(target)
+            if pending["run_id"] and run_exists(client, pending["run_id"]):
+                run_id = pending["run_id"]
+            else:
+                experiment = experiment_id(client, target, pending["experiment"])
+                run_id = client.create_run(experiment, run_name=pending["run_name"], tags=pending["tags"]).info.run_id
+                for key, value in pending["params"].items():
+                    client.log_param(run_id, key, value)
+            for method, args, kwargs in pending["calls"]:
+                if method == "log_metrics":
+                    for key, value in args[0].items():
+                        client.log_metric(run_id, key, value, step=kwargs.get("step") or 0)
+                elif method == "log_artifact":
+                    client.log_artifact(run_id, args[0], kwargs.get("artifact_path"))
+                elif method == "log_dict":
+                    client.log_dict(run_id, *args)
+                elif method == "set_tags":
+                    for key, value in args[0].items():
+                        client.set_tag(run_id, key, value)
+            client.set_terminated(run_id, pending.get("status", "FINISHED"))
+        synced.append(run_id)
+        path.unlink()
+    return synced

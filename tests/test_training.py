@@ -3,6 +3,7 @@ NaN guard, code cache, Stage II, MLflow records, refusals."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import REALDATA
 from helpers import CONTRASTS, MODEL, cli, make_store
 
 from codebrain.io import InputError
@@ -330,15 +332,61 @@ def test_a_held_store_lock_times_out_naming_its_holder(tmp_path):
                                                    rf"pid {holder.pid} on \S+ since 20"):
             with store_lock(uri, timeout_s=0.5):
                 pass
-        result = subprocess.run([sys.executable, "-m", "codebrain.cli", "check-raw", "--root", tmp_path, "--layout",
-                                 "ixi", "--contrasts", "T1", "T2", "--out", tmp_path / "m.tsv", "--dataset", "d",
-                                 "--results", tmp_path], capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", "codebrain.cli", "check-raw", "--root", REALDATA / "ixi-thick",
+                                 "--layout", "ixi", "--contrasts", "T1", "T2", "--out", tmp_path / "m.tsv",
+                                 "--dataset", "d", "--results", tmp_path], capture_output=True, text=True,
                                 env={**os.environ, "CODEBRAIN_LOCK_TIMEOUT": "0.5", "MLFLOW_TRACKING_URI": ""})
-        assert result.returncode == 3 and f"by pid {holder.pid}" in result.stderr
+        # the step's work is kept: its output is written, and its run waits for `codebrain sync-tracking`
+        assert result.returncode == 0 and (tmp_path / "m.tsv").exists(), result.stderr
+        assert re.search(rf"MLflow store {re.escape(uri)} failed \(StoreLockTimeout: .* by pid {holder.pid}",
+                         result.stderr)
         assert f"MLflow runs go to {uri}" in result.stderr  # run by hand: it says where it logs
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in result.stderr and len(list((tmp_path / "mlflow-pending").glob("*.json"))) == 1
     finally:
         holder.kill()
         holder.wait()
     with store_lock(uri, timeout_s=5):  # a killed holder's lock is free again
         pass
+    synced = cli("sync-tracking", "--tracking-uri", uri, "--pending", tmp_path / "mlflow-pending")
+    assert "1 pending run(s) logged" in synced.stdout and not list((tmp_path / "mlflow-pending").glob("*.json"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("d").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["subjects"] == 1 and run.data.tags["rule"] == "check_raw"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["m.tsv"]
+
+
+def test_a_store_failing_mid_step_keeps_the_outputs_and_the_run_for_sync(tmp_path, monkeypatch, capsys):
+    """The store takes the run, then fails (here: every artefact upload raises): the step still succeeds with its
+    output, the calls the store missed wait in mlflow-pending/, and sync-tracking logs them into the same run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from codebrain.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    upload = mlflow.log_artifact
+
+    def broken(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database")
+
+    monkeypatch.setattr(mlflow, "log_artifact", broken)
+    code = main(["check-raw", "--root", str(REALDATA / "ixi-thick"), "--layout", "ixi", "--contrasts", "T1", "T2",
+                 "--out", str(tmp_path / "m.tsv"), "--dataset", "d", "--tracking-uri", uri])
+    assert code == 0 and (tmp_path / "m.tsv").exists()
+    assert "attempt to write a readonly database" in capsys.readouterr().err
+    pending = list((tmp_path / "mlflow-pending").glob("*.json"))
+    assert len(pending) == 1
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("d").experiment_id
+    (before,) = client.search_runs([experiment])
+    assert before.info.status == "RUNNING" and before.data.metrics["subjects"] == 1  # logged before the failure
+
+    monkeypatch.setattr(mlflow, "log_artifact", upload)
+    assert main(["sync-tracking", "--tracking-uri", uri]) == 0
+    (after,) = client.search_runs([experiment])  # the same run, completed
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(after.info.run_id)] == ["m.tsv"]
+    assert not list((tmp_path / "mlflow-pending").glob("*.json"))

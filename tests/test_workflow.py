@@ -179,6 +179,13 @@ def test_killed_training_job_resumes_from_its_checkpoint(workdir, tmp_path):
     resumed = re.search(r"resumed from \S+checkpoint-(\d+) at step (\d+)", log)
     assert resumed and int(resumed[2]) >= 20, log[-2000:]
     assert (path / target).exists() and not state.exists()
+    # the SIGKILLed job's and invocation's MLflow runs are marked KILLED by the next invocation, none left RUNNING
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=5000)
+    killed = {run.data.tags.get("rule") for run in runs if run.info.status == "KILLED"}
+    assert {"train_stage1", "workflow"} <= killed and not [r for r in runs if r.info.status == "RUNNING"]
 
 
 def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
@@ -405,3 +412,22 @@ def test_local_profile_plans_the_dag(workdir, tmp_path):
     result = snakemake(path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / "local"), "-p",
                        configfile=changed)
     assert "train-stage2" in result.stdout and "with-gpus --count 0" in result.stdout
+
+
+def test_a_second_invocation_on_the_same_folder_is_refused(tmp_path):
+    """Snakemake's own lock: while one invocation works in a folder, a second one there stops with Snakemake's
+    message, and the first finishes untouched (its targets up to date afterwards)."""
+    target = "results/tiny/slices/store.json"
+    first = subprocess.Popen(snakemake_command() + ["-d", str(tmp_path), target, "--configfile", str(TINY)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    locks = tmp_path / ".snakemake" / "locks"
+    deadline = time.time() + 120
+    while not (locks.exists() and any(locks.iterdir())) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None, "the first invocation ended before the second could start"
+    second = snakemake(tmp_path, target, check=False)
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.stdout + second.stderr
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-2000:]
+    assert planned_jobs(tmp_path, target) == {}

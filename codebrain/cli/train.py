@@ -49,6 +49,16 @@ def cmd_cache_codes(args):
         print(f"train codes used: {train['codes_used']} of {train['codebook_size']}, perplexity {train['perplexity']:.1f}")
 
 
+def cmd_sync_tracking(args):
+    from codebrain.tracking import pending_dir, sync_pending
+
+    folder = Path(args.pending) if args.pending else pending_dir(args.tracking_uri or "")
+    if not folder.is_dir():
+        raise InputError(f"--pending {folder}: no such folder (nothing was left for sync-tracking there)")
+    synced = sync_pending(folder, args.tracking_uri)
+    print(f"{len(synced)} pending run(s) logged from {folder}" + (f": {', '.join(synced)}" if synced else ""))
+
+
 def cmd_train_stage2(args):
     from codebrain.training.config import Experiment
     from codebrain.training.stage2 import train
@@ -111,6 +121,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--lock-dir", help="where the per-device lock files live (default: a folder in the temp dir)")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     p.set_defaults(func=cmd_with_gpus)
+
+    p = sub.add_parser("sync-tracking", help="log the MLflow runs a failing store could not take (pending files)")
+    p.add_argument("--pending", help="folder of pending runs (default: results/mlflow-pending, or beside the "
+                                     "SQLite store that --tracking-uri names)")
+    p.add_argument("--tracking-uri", help="log into this store instead of each run's own")
+    p.set_defaults(func=cmd_sync_tracking)
 
     p = sub.add_parser("model-size", help="parameters and MACs of each network for a config")
     p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
