@@ -367,6 +367,7 @@ def test_a_store_failing_mid_step_keeps_the_outputs_and_the_run_for_sync(tmp_pat
     from codebrain.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.set_tracking_uri exports it: undone after the test
     upload = mlflow.log_artifact
 
     def broken(*args, **kwargs):
