@@ -82,6 +82,12 @@ class Stage2Step:
         self.optimisers[0].step()
 
 
+def model_section(model: str) -> dict:
+    """The model keys of a model YAML (its `model:` section, as config/models/paper.yaml has), or TINY for 'tiny'."""
+    section = TINY if model == "tiny" else yaml.safe_load(open(model))
+    return section.get("model", section)
+
+
 def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
     """FLOPs of one step's forward passes: counted for one sample on the CPU (FSQ's autocast guard has no
     meta-device form), times the batch (every layer is per-sample)."""
@@ -171,9 +177,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error("--warmup must be at least 1 (the first step compiles and autotunes)")
-    section = TINY if args.model == "tiny" else yaml.safe_load(open(args.model))
-    section = section.get("model", section)
-    cfg = ModelConfig.from_dict({**section, "contrasts": args.contrasts})
+    cfg = ModelConfig.from_dict({**model_section(args.model), "contrasts": args.contrasts})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

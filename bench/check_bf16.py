@@ -18,9 +18,8 @@ import json
 from contextlib import nullcontext
 
 import torch
-import yaml
 
-from bench_training import TINY
+from bench_training import model_section
 from codebrain.models.config import ModelConfig
 from codebrain.models.losses import psnr_loss
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
@@ -85,8 +84,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="check bf16 alone (torch.compile is slow on a CPU)")
     parser.add_argument("--out", default="bench/bf16-check.json")
     args = parser.parse_args(argv)
-    section = TINY if args.model == "tiny" else yaml.safe_load(open(args.model))
-    cfg = ModelConfig.from_dict({**section.get("model", section), "contrasts": args.contrasts})
+    cfg = ModelConfig.from_dict({**model_section(args.model), "contrasts": args.contrasts})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     n = len(cfg.contrasts)

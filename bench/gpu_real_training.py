@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from bench_training import TINY
+from bench_training import model_section
 from codebrain.data.dataset import SliceDataset, open_store
 from codebrain.evaluation.scenarios import CodeBrainImputer, all_scenarios
 from codebrain.training.config import Experiment
@@ -142,9 +141,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     store = Path(args.store)
     contrasts = json.loads((store / "store.json").read_text())["contrasts"]
-    section = TINY if args.model == "tiny" else yaml.safe_load(open(args.model))
     schedule = {"steps": 10**6, "batch_size": args.batch, "num_workers": args.num_workers}
-    experiment = Experiment.from_dict({"protocol": "paper", "model": section.get("model", section),
+    experiment = Experiment.from_dict({"protocol": "paper", "model": model_section(args.model),
                                        "stage1": schedule, "stage2": schedule}, contrasts)
     accelerator = make_accelerator()
     device, utilisation = accelerator.device, Utilisation()

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,6 +217,13 @@ def close_invocation(uri: str, status: str) -> None:
             MlflowClient(uri).set_terminated(run_id, status)
 
 
+def error_line(err: Exception) -> str:
+    """"Type: first line of the message": what a store's failure is called in one line (MLflow and SQLAlchemy
+    messages run to many)."""
+    message = str(err).strip()
+    return f"{type(err).__name__}: {message.splitlines()[0] if message else ''}"
+
+
 def pending_dir(uri: str) -> Path:
     """Where runs a failing store could not take wait for `codebrain sync-tracking`: beside a SQLite store, else
     results/mlflow-pending/ under the working directory (the project folder, for Snakemake's jobs)."""
@@ -258,8 +266,7 @@ class Tracker:
             self.go_offline(err)
 
     def go_offline(self, err: Exception) -> None:
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        self.offline = f"{type(err).__name__}: {cause}"[:300]
+        self.offline = error_line(err)[:300]
 
     def send(self, method: str, *args, **kwargs) -> None:
         """One logging call: to the store, or, once the store has failed, into the pending run."""
@@ -313,8 +320,6 @@ class Tracker:
             with write_atomic(path) as tmp:
                 tmp.write_text(json.dumps(self.pending, indent=1, default=str))
             entry["pending"] = str(path)
-            import sys
-
             print(f"[codebrain] MLflow store {self.uri} failed ({self.offline}); the step's outputs are kept and its "
                   f"run waits in {path}: run `codebrain sync-tracking` when the store works again", file=sys.stderr)
         if record:

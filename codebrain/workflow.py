@@ -64,7 +64,7 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
     """onstart: refuse a GPU count this machine lacks or an MLflow server that does not answer, before any
     job; then open the parent MLflow run that the job runs nest under."""
     from codebrain.gpus import machine_gpus
-    from codebrain.tracking import StoreLockTimeout, git_commit, open_invocation
+    from codebrain.tracking import StoreLockTimeout, error_line, git_commit, open_invocation
 
     gpus = config["training"]["gpus"]
     if local and gpus > (available := len(machine_gpus())):
@@ -76,9 +76,8 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
     except (ConnectionError, StoreLockTimeout) as err:
         raise WorkflowError(f"config tracking.uri: {err}") from None
     except Exception as err:  # MLflow, SQLAlchemy and the file system raise many types for a store it cannot write
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise WorkflowError(f"config tracking.uri: {uri}: the MLflow store cannot be written "
-                            f"({type(err).__name__}: {cause})") from None
+                            f"({error_line(err)})") from None
 
 
 def raw_subjects(config: dict) -> dict[str, dict[str, str]]:
@@ -113,18 +112,17 @@ def msd_sources(config: dict) -> dict[str, dict[str, str]]:
     return {subject: {k: str(p) for k, p in files.items()} for subject, files in found.items()}
 
 
-def check_raw_data(config: dict, can_download: bool) -> bool:
-    """Whether dataset.root holds at least one complete subject of dataset.layout; when it does not and there is
-    nothing to download, a one-line WorkflowError naming the root and what is missing."""
+def found_raw_subjects(config: dict, can_download: bool) -> dict[str, dict[str, str]] | None:
+    """`raw_subjects` of dataset.root, or None when it holds no complete subject of dataset.layout yet and there is
+    something to download; with nothing to download, a one-line WorkflowError naming the root and what is missing."""
     from codebrain.io import InputError
 
     try:
-        raw_subjects(config)
+        return raw_subjects(config)
     except InputError as err:
         if can_download:
-            return False
+            return None
         raise WorkflowError(f"config dataset.root: {err}") from None
-    return True
 
 
 def phantom_subjects(config: dict) -> dict[str, int]:

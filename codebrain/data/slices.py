@@ -119,11 +119,20 @@ def slice_range(mask: np.ndarray, n_slices: int, path: Path) -> tuple[int, int]:
     return first, first + n_slices - 1
 
 
+def brain_extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and the columns (in-plane axes 0 and 1) that hold brain in any slice."""
+    return np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+
+
+def centred_start(occupied: np.ndarray, size: int) -> int:
+    """First index (may be negative: padding) of a window of `size` centred on the occupied indices."""
+    return int((occupied[0] + occupied[-1] + 1) // 2 - size // 2)
+
+
 def crop_window(mask: np.ndarray, size: int) -> tuple[int, int]:
     """Top-left corner (may be negative: padding) of the S x S window centred on the brain."""
-    rows = np.flatnonzero(mask.any(axis=(1, 2)))
-    cols = np.flatnonzero(mask.any(axis=(0, 2)))
-    return (rows[0] + rows[-1] + 1) // 2 - size // 2, (cols[0] + cols[-1] + 1) // 2 - size // 2
+    rows, cols = brain_extent(mask)
+    return centred_start(rows, size), centred_start(cols, size)
 
 
 def tile_corners(mask: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -132,11 +141,11 @@ def tile_corners(mask: np.ndarray, size: int) -> list[tuple[int, int]]:
     def starts(occupied: np.ndarray) -> list[int]:
         first, last = int(occupied[0]), int(occupied[-1])
         if last - first + 1 <= size:
-            return [(first + last + 1) // 2 - size // 2]
+            return [centred_start(occupied, size)]
         count = int(np.ceil((last + 1 - size - first) / (size // 2))) + 1
         return np.linspace(first, last + 1 - size, count).round().astype(int).tolist()
 
-    rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+    rows, cols = brain_extent(mask)
     return [(x0, y0) for x0 in starts(rows) for y0 in starts(cols)]
 
 

@@ -20,6 +20,7 @@ from codebrain.checkpoints import codebrain_from, direct_from, load_checkpoint
 from codebrain.data.dataset import open_store
 from codebrain.evaluation.scenarios import (CodeBrainImputer, DirectImputer, all_scenarios, evaluate_scenarios,
                                             scenario_name)
+from codebrain.evaluation.uncertainty import evaluate_uncertainty, samplable, uncertainty_figure
 from codebrain.io import default_device, write_atomic
 
 METHOD_NAMES = {"stage2": "CodeBrain", "stage1": "CodeBrain (Stage I)", "direct": "direct regressor",
@@ -179,9 +180,7 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
         tmp.write_text(markdown_tables(table, means))
     exemplar_figure(imputer, method, slices, contrasts, out_dir / "exemplars.png", len(slices) // 2)
     code_map_figure(imputer, slices, contrasts, out_dir / "code_maps.png", len(slices) // 2)
-    if uncertainty_samples and isinstance(imputer, CodeBrainImputer) and imputer.stage1.quantiser.level_counts:
-        from codebrain.evaluation.uncertainty import evaluate_uncertainty, uncertainty_figure
-
+    if uncertainty_samples and isinstance(imputer, CodeBrainImputer) and samplable(imputer.stage1):
         labels_path = Path(store) / f"{split}_labels.npy"
         labels = np.load(labels_path, mmap_mode="r") if labels_path.exists() else None
         calibrated = evaluate_uncertainty(imputer.stage1, imputer.prior, slices, contrasts, device,

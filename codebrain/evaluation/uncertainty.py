@@ -21,8 +21,13 @@ from scipy.stats import spearmanr
 from codebrain.models.grading import sample_levels
 
 
+def samplable(stage1) -> bool:
+    """Whether the model's codes are levels per dimension (FSQ), which E_prior gives distributions over."""
+    return stage1.quantiser.level_counts is not None
+
+
 def check_samplable(stage1) -> None:
-    if stage1.quantiser.level_counts is None:
+    if not samplable(stage1):
         raise ValueError(f"model.quantiser {stage1.cfg.quantiser}: uncertainty samples need FSQ levels per code "
                          f"dimension")
 

@@ -11,13 +11,14 @@ import pandas as pd
 from codebrain.data import layouts
 from codebrain.tracking import close_invocation, tracking_uri
 from codebrain.training.config import split_experiments
-from codebrain.workflow import (ACCELERATE_CONFIGS, check_config, check_raw_data, experiment_json, launch_args,
+from codebrain.workflow import (ACCELERATE_CONFIGS, check_config, experiment_json, found_raw_subjects, launch_args,
                                 msd_sources, phantom_subjects, raw_subjects, start_invocation)
 
 check_config(config)
 # Real data: dataset.root must hold the subjects, or download.urls fetch them first (the `download_raw` checkpoint);
 # a missing or empty root with nothing to download stops here, in one line, before any job.
-DOWNLOAD = "phantom" not in config and not check_raw_data(config, can_download=bool(config["download"]["urls"]))
+FOUND_AT_START = None if "phantom" in config else found_raw_subjects(config, bool(config["download"]["urls"]))
+DOWNLOAD = "phantom" not in config and FOUND_AT_START is None
 
 DATASET = config["dataset"]
 TRACKING_URI = tracking_uri(config["tracking"]["uri"], config["results"])
@@ -43,7 +44,10 @@ def source_hash(*modules):
 
 @cache
 def get_raw_subjects():
-    """{subject: {kind: path}}, found once, when the DAG first asks (after the `download_raw` checkpoint)."""
+    """{subject: {kind: path}}: the phantom's, those found at start-up, or, when the root was still empty, those
+    found once the `download_raw` checkpoint has run."""
+    if FOUND_AT_START is not None:
+        return FOUND_AT_START
     if DOWNLOAD:
         checkpoints.download_raw.get()
     return raw_subjects(config)
