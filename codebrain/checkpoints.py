@@ -27,8 +27,8 @@ def save_checkpoint(path: Path, kind: str, state_dict: dict, model_config, step:
     """model_config: the network's config dataclass (ModelConfig, SegmenterConfig), stored as a dict."""
     payload = {"kind": kind, "model": state_dict, "model_config": model_config.to_dict(), "step": step,
                "metrics": metrics, "version": CHECKPOINT_VERSION, "git_commit": git_commit(), **extra}
-    with write_atomic(path) as tmp:
-        torch.save(payload, tmp)
+    with write_atomic(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)  # a file object: the archive's inner folder is not named after the temporary file
 
 
 def config_mismatch(found: dict, expected: dict) -> list[str]:

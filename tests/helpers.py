@@ -75,7 +75,7 @@ def workflow_copy() -> Path:
     package."""
     copy = Path(tempfile.mkdtemp(prefix="codebrain-workflow-copy-"))
     atexit.register(shutil.rmtree, copy, ignore_errors=True)
-    for part in ("workflow", "config", "envs", "codebrain"):
+    for part in ("workflow", "config", "envs", "codebrain", "profiles"):
         shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "Snakefile", copy / "Snakefile")
     return copy

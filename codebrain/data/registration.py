@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import ants
@@ -38,29 +39,34 @@ def register_subject(files: dict[str, Path], reference: str, out_dir: Path, meth
         load_volume(path)  # clear errors for corrupt, 4D or NaN input before ANTs sees it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fixed = ants.image_read(str(files[reference]), pixeltype="float")
-    qc = {"reference": reference, "method": method, "contrasts": {}}
-    for contrast, path in files.items():
-        if contrast == reference:
-            registered = fixed
-        else:
-            moving = ants.image_read(str(path), pixeltype="float")
-            before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
-            result = ants.registration(fixed, moving, type_of_transform=TRANSFORM_TYPES[method],
-                                       aff_metric="mattes", random_seed=seed, **PYRAMID)
-            registered = result["warpedmovout"]
-            transform_file = out_dir / f"{contrast}_to_{reference}.mat"
-            with write_atomic(transform_file) as tmp:
-                shutil.copyfile(result["fwdtransforms"][0], tmp)
-            qc["contrasts"][contrast] = {
-                "mi_before": mutual_information(fixed, before),
-                "mi_after": mutual_information(fixed, registered),
-                "transform": transform_file.name,
-            }
-        with write_atomic(out_dir / f"{contrast}.nii.gz") as tmp:
-            ants.image_write(registered, str(tmp))
-    with write_atomic(out_dir / "qc.json") as tmp:
-        tmp.write_text(json.dumps(qc, indent=1))
+    for stale in out_dir.glob(".ants-*"):  # what a killed registration of this subject left
+        shutil.rmtree(stale, ignore_errors=True)
+    # ANTs writes its transforms under a prefix, by default in the system temporary folder and never removed
+    with tempfile.TemporaryDirectory(prefix=".ants-", dir=out_dir) as ants_dir:
+        fixed = ants.image_read(str(files[reference]), pixeltype="float")
+        qc = {"reference": reference, "method": method, "contrasts": {}}
+        for contrast, path in files.items():
+            if contrast == reference:
+                registered = fixed
+            else:
+                moving = ants.image_read(str(path), pixeltype="float")
+                before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
+                result = ants.registration(fixed, moving, type_of_transform=TRANSFORM_TYPES[method],
+                                           aff_metric="mattes", random_seed=seed, outprefix=f"{ants_dir}/{contrast}_",
+                                           **PYRAMID)
+                registered = result["warpedmovout"]
+                transform_file = out_dir / f"{contrast}_to_{reference}.mat"
+                with write_atomic(transform_file) as tmp:
+                    shutil.copyfile(result["fwdtransforms"][0], tmp)
+                qc["contrasts"][contrast] = {
+                    "mi_before": mutual_information(fixed, before),
+                    "mi_after": mutual_information(fixed, registered),
+                    "transform": transform_file.name,
+                }
+            with write_atomic(out_dir / f"{contrast}.nii.gz") as tmp:
+                ants.image_write(registered, str(tmp))
+        with write_atomic(out_dir / "qc.json") as tmp:
+            tmp.write_text(json.dumps(qc, indent=1))
     return qc
 
 
