@@ -4,6 +4,7 @@ and impute, for a user's own scans."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from codebrain.cli.common import add_run_arguments, add_tracking_arguments, config_section, named_files, step_run
@@ -135,6 +136,21 @@ def cmd_impute(args):
               f"{report['outside_trained_range']} other brain slices are left at 0")
 
 
+def cmd_bids(args):
+    from codebrain.evaluation.bids import run_bids_app
+
+    outcome = run_bids_app(Path(args.bids_dir), Path(args.output_dir), Path(args.model), args.participant_label,
+                           args.target, args.register, args.uncertainty)
+    for label, paths in outcome["imputed"].items():
+        print(f"{label}: imputed {', '.join(path.name for path in paths)}")
+    if outcome["complete"]:
+        print(f"nothing missing, skipped: {', '.join(outcome['complete'])}")
+    for label, reason in outcome["failed"].items():
+        print(f"{label}: failed: {reason}", file=sys.stderr)
+    print(f"derivatives in {Path(args.output_dir) / 'codebrain'}")
+    return 1 if outcome["failed"] else 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="every scenario on a split: metrics/scenarios.csv, summary.csv, tables, figures")
     add_run_arguments(p, training=False)
@@ -187,3 +203,17 @@ def add_parsers(sub) -> None:
                    help="also write <out>_std.nii.gz, the per-voxel std of K (default 8) images decoded from codes "
                         "sampled from E_prior")
     p.set_defaults(func=cmd_impute)
+
+    p = sub.add_parser("bids", help="BIDS App: impute what each subject lacks, as BIDS derivatives "
+                                    "(OUTPUT_DIR/codebrain/sub-*/anat/*_desc-imputed_*.nii.gz)")
+    p.add_argument("bids_dir", help="the BIDS dataset (read only)")
+    p.add_argument("output_dir", help="derivatives go to OUTPUT_DIR/codebrain")
+    p.add_argument("analysis_level", choices=["participant"], help="participant: each subject (and session)")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to process (default: all)")
+    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--target", nargs="+", help="contrasts to impute (default: every one the model knows and a "
+                                               "subject lacks)")
+    p.add_argument("--register", action="store_true", help="rigidly register each subject's scans to its first one")
+    p.add_argument("--uncertainty", type=int, nargs="?", const=8, default=0, metavar="K",
+                   help="also write desc-uncertainty: the per-voxel std of K (default 8) sampled decodings")
+    p.set_defaults(func=cmd_bids)

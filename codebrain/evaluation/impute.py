@@ -81,7 +81,7 @@ def std_path(out: Path) -> Path:
 
 def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str, out: Path,
                  register: bool = False, outside: str = "impute", work_dir: Path | None = None,
-                 uncertainty_samples: int = 0) -> dict:
+                 uncertainty_samples: int = 0, std_out: Path | None = None) -> dict:
     """A user's own scans -> the target contrast as NIfTI on the first input's grid.
 
     The scans are resampled to the voxel size the model was trained at (when theirs differs), sliced as the
@@ -89,7 +89,8 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     than the trained window is imputed in overlapping tiles; the result is resampled back onto the first input's
     grid, in normalised units, as a missing contrast has no intensity scale of its own. Brain slices outside the
     K middle ones the model was trained on are imputed too (outside="impute") or left at 0 ("skip").
-    With uncertainty_samples K, the std of K images decoded from sampled codes is written beside (`std_path`).
+    With uncertainty_samples K, the std of K images decoded from sampled codes goes to std_out (default beside the
+    image, `std_path`).
     """
     from codebrain.data.nifti import save_volume
     from codebrain.data.slices import (cut_slices, grid_voxel_size, load_subject, slice_config, slice_range,
@@ -147,10 +148,11 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     save_volume(volume.get_fdata(dtype=np.float32), images[first].affine, out)
     if uncertainty_samples:
         spread = restack(std_tiles, z, 0.0, 1.0, images[first], spacing)
-        save_volume(spread.get_fdata(dtype=np.float32), images[first].affine, std_path(out))
+        std_out = std_out or std_path(out)
+        save_volume(spread.get_fdata(dtype=np.float32), images[first].affine, std_out)
     outside_count = int(len(occupied) - (trained_last - trained_first + 1))
     return {"slices": len(z), "trained_range": [int(trained_first), int(trained_last)],
             "brain_slices": [int(occupied[0]), int(occupied[-1])], "outside_trained_range": outside_count,
             "outside": outside, "input_voxel_size": own, "resampled_to": spacing,
             "windows": len(corners), "window": "tiles" if len(corners) > 1 else "pad",
-            "std": str(std_path(out)) if uncertainty_samples else None}
+            "std": str(std_out) if uncertainty_samples else None}
