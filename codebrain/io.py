@@ -7,6 +7,7 @@ each other (docs/design.md, "Imports").
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -44,3 +45,11 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sha256sum(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from codebrain.io import write_atomic
+from codebrain.io import sha256sum, write_atomic
 
 
 PARENT_RUN_VARIABLE = "CODEBRAIN_PARENT_RUN_ID"  # our own variable: MLFLOW_RUN_ID would be resumed, not nested
@@ -269,13 +269,14 @@ class Tracker:
         self.offline = error_line(err)[:300]
 
     def send(self, method: str, *args, **kwargs) -> None:
-        """One logging call: to the store, or, once the store has failed, into the pending run."""
+        """One logging call (an MLflow function, or log_imputer): to the store, or, once the store has failed,
+        into the pending run."""
         if not self.enabled:
             return
         if self.offline is None:
             try:
                 with self.locked():
-                    getattr(self.mlflow, method)(*args, **kwargs)
+                    logging_function(self.mlflow, method)(*args, **kwargs)
                 return
             except Exception as err:
                 self.go_offline(err)
@@ -295,11 +296,14 @@ class Tracker:
         if path.stat().st_size <= max_bytes:
             self.log_artifact(path, "checkpoint")
         else:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(2**24), b""):
-                    digest.update(block)
-            self.set_tags({"checkpoint.path": path.resolve(), "checkpoint.sha256": digest.hexdigest()})
+            self.set_tags({"checkpoint.path": path.resolve(), "checkpoint.sha256": sha256sum(path)})
+
+    def log_imputer(self, checkpoint: Path, name: str, kind: str, metrics: dict) -> None:
+        """The trained imputer as an MLflow model of this run, registered as `name` (codebrain.registry)."""
+        self.send("log_imputer", str(Path(checkpoint).resolve()), name, kind, metrics)
+
+    def log_store_input(self, store: Path, splits: list[str], context: str) -> None:
+        self.send("log_store_input", str(Path(store).resolve()), list(splits), context)
 
     def log_dict(self, data: dict, name: str) -> None:
         self.send("log_dict", data, name)
@@ -325,6 +329,43 @@ class Tracker:
         if record:
             with write_atomic(record) as tmp:
                 tmp.write_text(json.dumps(entry))
+
+
+def store_dataset(store: str | Path, split: str):
+    """One split of a slice store as an MLflow dataset (metadata only: the arrays stay on disk): named
+    <dataset folder>/<split>, its digest from store.json, the split's slice table and array shape, its shape in
+    the schema."""
+    import numpy as np
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.types.schema import Schema, TensorSpec
+
+    store = Path(store).resolve()
+    array = np.load(store / f"{split}.npy", mmap_mode="r")  # N x C x S x S
+    rows = store / f"{split}.tsv"  # (subject, z) of each slice
+    digest = hashlib.sha256((store / "store.json").read_bytes() + (rows.read_bytes() if rows.exists() else b"")
+                            + str((split, array.shape, array.dtype.str)).encode())
+    return MetaDataset(LocalArtifactDatasetSource(str(store)), name=f"{store.parent.name}/{split}",
+                       digest=digest.hexdigest()[:16], schema=Schema([TensorSpec(array.dtype, array.shape, split)]))
+
+
+def log_store_input(store: str, splits: list[str], context: str) -> None:
+    """The slice store's splits as dataset inputs of the active run (the UI's Dataset column), tagged with the split."""
+    import mlflow
+
+    for split in splits:
+        mlflow.log_input(store_dataset(store, split), context=context, tags={"split": split})
+
+
+def logging_function(mlflow, method: str):
+    """An MLflow function, or one of ours that logs into the active run."""
+    if method == "log_imputer":
+        from codebrain.registry import log_imputer
+
+        return log_imputer
+    if method == "log_store_input":
+        return log_store_input
+    return getattr(mlflow, method)
 
 
 def run_exists(client, run_id: str) -> bool:
@@ -367,6 +408,12 @@ def sync_pending(folder: Path, uri: str | None = None) -> list[str]:
                 elif method == "set_tags":
                     for key, value in args[0].items():
                         client.set_tag(run_id, key, value)
+                elif method in ("log_imputer", "log_store_input"):
+                    import mlflow
+
+                    mlflow.set_tracking_uri(target)
+                    with mlflow.start_run(run_id=run_id):
+                        logging_function(mlflow, method)(*args, **kwargs)
             client.set_terminated(run_id, pending.get("status", "FINISHED"))
         synced.append(run_id)
         path.unlink()

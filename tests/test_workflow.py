@@ -394,6 +394,25 @@ def test_every_rule_is_on_the_mlflow_server(brats_workdir):
     assert by_rule["check_raw"][0].data.metrics["subjects"] == 4
 
 
+def test_models_are_registered_and_served_by_the_mlflow_server(brats_workdir, tmp_path):
+    """The registry on the server: a version per experiment, loaded by models:/ URI in a fresh process over HTTP."""
+    from mlflow.tracking import MlflowClient
+
+    path, _, _, uri = brats_workdir
+    client = MlflowClient(uri)
+    assert {model.name for model in client.search_registered_models()} >= {"tiny-brats-codebrain", "tiny-brats-direct"}
+    slices = path / "results" / "tiny-brats" / "slices" / "test.npy"
+    script = ("import mlflow, numpy as np; "
+              f"model = mlflow.pyfunc.load_model('models:/tiny-brats-codebrain@champion'); "
+              f"x = np.load({str(slices)!r}).astype(np.float32); "
+              "out = model.predict({c: x[:, i] if c != 'FLAIR' else 0 * x[:, i] for i, c in "
+              "enumerate(['T1', 'T2', 'FLAIR', 'T1Gd'])}); print(sorted(out), out['FLAIR'].shape == x[:, 2].shape)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "['FLAIR'] True"
+
+
 def test_an_up_to_date_invocation_adds_no_run(workdir):
     from mlflow.tracking import MlflowClient
 

@@ -13,10 +13,14 @@ from codebrain.io import InputError, default_device
 
 def cmd_evaluate(args):
     from codebrain.evaluation.evaluate import evaluate, logged_metrics
+    from codebrain.registry import scored_model_version
 
     out_dir = Path(args.out_dir)
     with step_run(args, "evaluate_model", f"evaluate_model/{args.experiment}", record=args.run_record,
                   experiment=args.experiment, split=args.split) as tracker:
+        tracker.log_store_input(Path(args.store), [args.split], "evaluation")
+        if tracker.enabled and tracker.offline is None:  # the registered version this run scores
+            tracker.set_tags(scored_model_version(tracker.uri, Path(args.model), f"{args.dataset}-{args.experiment}"))
         means = evaluate(Path(args.model), Path(args.store), out_dir, args.contrasts, args.split, args.batch_size,
                          args.uncertainty_samples)
         tracker.log_metrics(logged_metrics(means, args.split))
@@ -94,6 +98,7 @@ def cmd_impute(args):
 
     from codebrain.checkpoints import load_codebrain
     from codebrain.evaluation.impute import impute_scans, std_path
+    from codebrain.registry import resolve_model
 
     inputs, out = named_files(args.input), Path(args.out)
     for contrast, path in inputs.items():
@@ -102,7 +107,7 @@ def cmd_impute(args):
     for path in [out] + ([std_path(out)] if args.uncertainty else []):
         if path.exists() and not args.overwrite:
             raise InputError(f"--out {path}: exists; pass --overwrite to replace it")
-    stage1, prior, data = load_codebrain(args.model)
+    stage1, prior, data = load_codebrain(resolve_model(args.model))
     if "size" not in data:
         raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
     device = default_device()
@@ -139,7 +144,7 @@ def cmd_impute(args):
 def cmd_bids(args):
     from codebrain.evaluation.bids import run_bids_app
 
-    outcome = run_bids_app(Path(args.bids_dir), Path(args.output_dir), Path(args.model), args.participant_label,
+    outcome = run_bids_app(Path(args.bids_dir), Path(args.output_dir), args.model, args.participant_label,
                            args.target, args.register, args.uncertainty)
     for label, paths in outcome["imputed"].items():
         print(f"{label}: imputed {', '.join(path.name for path in paths)}")
@@ -191,7 +196,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_evaluate_segmentation)
 
     p = sub.add_parser("impute", help="impute a missing contrast for your own subject")
-    p.add_argument("--model", required=True, help="Stage II checkpoint (results/<name>/models/<experiment>/stage2.pt)")
+    p.add_argument("--model", required=True, help="Stage II checkpoint (results/<name>/models/<experiment>/stage2.pt) or "
+                                                  "registered model (models:/<dataset>-<experiment>@champion)")
     p.add_argument("--input", action="append", required=True, metavar="CONTRAST=PATH")
     p.add_argument("--target", required=True, help="the contrast to impute")
     p.add_argument("--out", required=True, help="output NIfTI, on the first input's grid")
@@ -210,7 +216,7 @@ def add_parsers(sub) -> None:
     p.add_argument("output_dir", help="derivatives go to OUTPUT_DIR/codebrain")
     p.add_argument("analysis_level", choices=["participant"], help="participant: each subject (and session)")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to process (default: all)")
-    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--model", required=True, help="Stage II checkpoint or models:/ URI")
     p.add_argument("--target", nargs="+", help="contrasts to impute (default: every one the model knows and a "
                                                "subject lacks)")
     p.add_argument("--register", action="store_true", help="rigidly register each subject's scans to its first one")

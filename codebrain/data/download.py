@@ -7,7 +7,6 @@ deleted and reported, never renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 import urllib.error
@@ -16,17 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from codebrain.io import InputError
+from codebrain.io import InputError, sha256sum
 
 CHUNK = 1 << 20
-
-
-def sha256sum(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:

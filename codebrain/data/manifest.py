@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from codebrain.data.download import sha256sum
+from codebrain.io import sha256sum
 from codebrain.io import write_atomic
 from codebrain.data.nifti import load_volume, voxel_sizes
 

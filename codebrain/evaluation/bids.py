@@ -8,16 +8,14 @@ desc-uncertainty_<suffix> for the per-voxel std when asked; dataset_description.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codebrain import __version__
-from codebrain.io import InputError, write_atomic
+from codebrain.io import InputError, sha256sum, write_atomic
 
 BIDS_VERSION = "1.10.0"
 # contrast -> (BIDS suffix, entities before desc): the anatomical suffixes of the BIDS specification
@@ -93,14 +91,6 @@ def derivative_path(visit: Visit, contrast: str, desc: str, extension: str = ".n
     return visit.folder() / ("_".join(parts) + extension)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_dataset_description(out_dir: Path, bids_dir: Path) -> None:
     from codebrain.tracking import git_commit
 
@@ -113,7 +103,8 @@ def write_dataset_description(out_dir: Path, bids_dir: Path) -> None:
         tmp.write_text(json.dumps(description, indent=2))
 
 
-def sidecar(visit: Visit, bids_dir: Path, model: Path, data: dict, report: dict, samples: int, kind: str) -> dict:
+def sidecar(visit: Visit, bids_dir: Path, model: tuple[str, Path], data: dict, report: dict, samples: int,
+            kind: str) -> dict:
     from codebrain.evaluation.impute import trained_spacing
     from codebrain.tracking import git_commit
 
@@ -124,7 +115,7 @@ def sidecar(visit: Visit, bids_dir: Path, model: Path, data: dict, report: dict,
         "Units": UNITS,
         "Normalisation": {key: value for key, value in data.get("slicing", {}).items()
                           if key in ("normalisation", "lower_percentile", "upper_percentile")},
-        "CodeBrainModel": {"Path": str(model.resolve()), "SHA256": sha256(model), "Kind": "stage2",
+        "CodeBrainModel": {"URI": str(model[0]), "Path": str(model[1].resolve()), "SHA256": sha256sum(model[1]),
                            "TrainedVoxelSize": trained_spacing(data)},
         "CodeBrainVersion": {"Version": __version__, "GitCommit": git_commit()},
         "InputVoxelSize": [float(v) for v in report["input_voxel_size"]],
@@ -133,9 +124,10 @@ def sidecar(visit: Visit, bids_dir: Path, model: Path, data: dict, report: dict,
     }
 
 
-def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: Path, loaded: tuple, targets: list[str],
-                 register: bool, samples: int) -> list[Path]:
-    """Impute `targets` for one visit; returns the images written. Registration (when asked) runs once."""
+def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: tuple[str, Path], loaded: tuple,
+                 targets: list[str], register: bool, samples: int) -> list[Path]:
+    """Impute `targets` for one visit; returns the images written. Registration (when asked) runs once.
+    model: (the URI or path given, the checkpoint file)."""
     from codebrain.data.registration import register_subject
     from codebrain.evaluation.impute import impute_scans
 
@@ -162,7 +154,7 @@ def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: Path, loade
     return written
 
 
-def run_bids_app(bids_dir: Path, out_dir: Path, model: Path, participants: list[str] | None = None,
+def run_bids_app(bids_dir: Path, out_dir: Path, model_uri: str, participants: list[str] | None = None,
                  targets: list[str] | None = None, register: bool = False, samples: int = 0) -> dict:
     """Every visit: impute what it lacks (or `targets`), skip a complete one, report a failing one and go on.
     Returns {"imputed": {label: [paths]}, "complete": [labels], "failed": {label: reason}}."""
@@ -171,7 +163,9 @@ def run_bids_app(bids_dir: Path, out_dir: Path, model: Path, participants: list[
     from codebrain.checkpoints import load_codebrain
     from codebrain.io import default_device
 
-    bids_dir, out_dir, model = Path(bids_dir), Path(out_dir) / "codebrain", Path(model)
+    from codebrain.registry import resolve_model
+
+    bids_dir, out_dir, model = Path(bids_dir), Path(out_dir) / "codebrain", resolve_model(str(model_uri))
     visits = find_visits(bids_dir, participants)
     stage1, prior, data = load_codebrain(model)
     contrasts = stage1.cfg.contrasts
@@ -193,8 +187,8 @@ def run_bids_app(bids_dir: Path, out_dir: Path, model: Path, participants: list[
             continue
         visit.scans = known
         try:
-            outcome["imputed"][visit.label] = impute_visit(visit, bids_dir, out_dir, model, loaded, missing,
-                                                           register, samples)
+            outcome["imputed"][visit.label] = impute_visit(visit, bids_dir, out_dir, (model_uri, model), loaded,
+                                                           missing, register, samples)
         except (InputError, ValueError, RuntimeError, OSError) as err:
             outcome["failed"][visit.label] = str(err) or traceback.format_exc(limit=1)
     return outcome

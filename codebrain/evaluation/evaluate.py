@@ -29,9 +29,10 @@ METRICS = ["psnr", "ssim", "mae"]
 GROUPS = {"O->O": "one_to_one", "M->O": "many_to_one", "ALL": "all"}  # group -> its MLflow metric prefix
 
 
-def load_imputer(checkpoint: str | Path, contrasts: list[str], device="cpu") -> tuple[object, str]:
-    """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint."""
-    payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)})
+def load_imputer(checkpoint: str | Path, contrasts: list[str] | None, device="cpu") -> tuple[object, str]:
+    """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint (refused if
+    trained on other contrasts than `contrasts`, when given)."""
+    payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)} if contrasts else None)
     if payload["kind"] == "direct":
         return DirectImputer(direct_from(payload).to(device)), "direct"
     stage1, prior, _ = codebrain_from(payload)

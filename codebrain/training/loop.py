@@ -28,6 +28,7 @@ from codebrain.checkpoints import save_checkpoint
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
 from codebrain.io import InputError
+from codebrain.registry import RANKED_BY
 from codebrain.tracking import Tracker
 from codebrain.training.config import TrainConfig, config_hash, flatten
 from codebrain.training.resume import Progress, ResumeState
@@ -199,6 +200,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     tracker = Tracker(main, spec.tracking_uri, spec.experiment_name, spec.run_name, spec.tags,
                       flatten(section) if main else None)
     tracker.log_dict(section, "config.json")
+    tracker.log_store_input(spec.store, ["train", "val"], "training")
 
     device = accelerator.device
     bar = progress_bar(accelerator, cfg.steps, progress.step, stage.name)
@@ -242,6 +244,8 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
         save_checkpoint(spec.out, stage.name, weights, stage.model_config, progress.step, metrics,
                         experiment=section, data=dataset.summary, **checkpoint_extra)
         tracker.log_checkpoint(spec.out)
+        if stage.name in RANKED_BY:  # an imputer: into the model registry as <dataset>-<experiment>
+            tracker.log_imputer(spec.out, f"{spec.experiment_name}-{spec.tags['experiment']}", stage.name, metrics)
     state.clear(accelerator)
     tracker.finish(spec.run_record)
     return metrics

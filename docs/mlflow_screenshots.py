@@ -1,0 +1,100 @@
+"""Screenshots of the MLflow UI for the README: the experiment's runs page (Model-training mode, the nested job runs
+under each invocation) and a registered model's page, taken with headless Chromium through Selenium (Debian:
+apt-get install chromium chromium-driver; pip install selenium).
+
+    python docs/mlflow_screenshots.py RESULTS_FOLDER DATASET [--out docs/figures]
+
+for example after `snakemake -d /tmp/tiny --configfile tests/config/tiny.yaml`:
+`python docs/mlflow_screenshots.py /tmp/tiny/results tiny`.
+
+It serves RESULTS_FOLDER/mlflow.db with `mlflow server` on 127.0.0.1 for the time of the screenshots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def open_browser(size=(1600, 1000)):
+    """Headless Chromium driven by Selenium (the system's chromedriver: apt-get install chromium-driver)."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size[0]},{size[1]}"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    return webdriver.Chrome(options=options, service=service)
+
+
+def click_all(browser, css: str) -> int:
+    """Click every element matching `css` (the runs table's expanders, the assistant's close button)."""
+    found = browser.find_elements("css selector", css)
+    for element in found:
+        browser.execute_script("arguments[0].click();", element)
+    return len(found)
+
+
+def screenshot(browser, url: str, out: Path, expand: str | None = None) -> None:
+    browser.get(url)
+    time.sleep(6)  # the single-page app loads its data after the page
+    click_all(browser, "button[aria-label='Close']")  # the assistant panel, when it opens by itself
+    if expand and click_all(browser, expand):
+        time.sleep(3)
+    browser.save_screenshot(str(out))
+    runs = browser.find_elements("css selector", "a[href*='/runs/']")  # run names shown (parents and expanded jobs)
+    models = browser.find_elements("css selector", "a[href*='/models/']")
+    print(f"{out}: {url} ({len(runs)} run links, {len(models)} model links)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="the folder holding mlflow.db and mlartifacts/")
+    parser.add_argument("dataset", help="the MLflow experiment (dataset.name)")
+    parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    args = parser.parse_args()
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{args.results.resolve() / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(args.dataset).experiment_id
+    model = f"{args.dataset}-codebrain"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", uri, "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        args.out.mkdir(parents=True, exist_ok=True)
+        browser = open_browser()
+        try:
+            screenshot(browser, f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning",
+                       args.out / "mlflow-runs.png", expand="button[data-component-id*='runnamecellrenderer']")
+            screenshot(browser, f"{base}/#/models/{model}", args.out / "mlflow-model.png")
+        finally:
+            browser.quit()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
