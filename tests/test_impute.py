@@ -32,6 +32,34 @@ def test_imputed_volumes_sit_on_the_reference_grid(workdir):
     assert set(metrics.group) == {"O->O", "M->O", "ALL"}
 
 
+def test_imputed_test_subjects_carry_their_std_volumes(workdir):
+    """evaluation.uncertainty_samples (default 8): a _std volume beside every imputation, holding the std of the
+    sampled decodings (recomputed here from the store's slices and the same seed) in the reference's scale."""
+    import pandas as pd
+    import torch
+
+    from codebrain.checkpoints import load_codebrain
+    from codebrain.evaluation.uncertainty import sample_imputations
+
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    imputed = pd.read_csv(out / "imputed" / "codebrain" / "imputed.tsv", sep="\t", dtype={"scenario": str})
+    assert all((path / p).exists() for p in imputed.std_path)
+    row = imputed[imputed.n_inputs == 1].iloc[0]
+    rows = pd.read_csv(out / "slices" / "test.tsv", sep="\t")
+    mine = rows[rows.subject == row.subject]
+    image = torch.from_numpy(np.load(out / "slices" / "test.npy")[mine["index"].to_numpy()].astype(np.float32))
+    stage1, prior, _ = load_codebrain(out / "models" / "codebrain" / "stage2.pt")
+    available = np.array([bit == "1" for bit in row.scenario])
+    t = ["T1", "T2", "PD"].index(row.target)
+    expected = sample_imputations(stage1, prior, image, available, 8)["std"][:, t].numpy()
+    low, high = pd.read_csv(out / "slices" / "normalisation.tsv", sep="\t").set_index(["subject", "contrast"]).loc[
+        (row.subject, row.target), ["low", "high"]]
+    found = nib.load(path / row.std_path).get_fdata(dtype=np.float32)
+    assert found.min() >= 0 and found.max() > 0
+    np.testing.assert_allclose(np.sort(found[found > 0]), np.sort(expected[expected > 0] * (high - low)), rtol=1e-4)
+
+
 def test_restacked_store_slices_give_back_the_registered_volume(workdir):
     """Slices -> volume is the inverse of volume -> slices: the test subject's own T1 slices, restacked,
     equal the registered T1 inside the sliced window (up to float16 rounding)."""

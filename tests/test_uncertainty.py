@@ -112,3 +112,21 @@ def test_the_dag_writes_calibration_for_codebrain_models_only(workdir):
         table = pd.read_csv(metrics / experiment / "uncertainty.csv", dtype={"scenario": str})
         assert len(table) == 9 and (metrics / experiment / "uncertainty.png").exists()
     assert not (metrics / "direct" / "uncertainty.csv").exists()
+
+
+def test_the_exemplar_figure_gets_a_std_row_per_target(tmp_path):
+    """Two rows per target (image, error) without samples, three with (the std of the sampled decodings)."""
+    import matplotlib.pyplot as plt
+
+    from codebrain.evaluation.evaluate import exemplar_figure
+    from codebrain.evaluation.scenarios import CodeBrainImputer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(contrasts=["T1", "T2", "PD"], **MODEL)
+    imputer = CodeBrainImputer(Reconstructor(cfg), CodePrior(cfg))
+    slices = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    heights = {}
+    for samples in (0, 2):
+        exemplar_figure(imputer, "stage2", slices, ["T1", "T2", "PD"], tmp_path / f"{samples}.png", 1, samples)
+        heights[samples] = plt.imread(tmp_path / f"{samples}.png").shape[0]
+    assert heights[2] / heights[0] == pytest.approx(9 / 6, rel=0.02)

@@ -52,7 +52,7 @@ def cmd_impute_split(args):
     with step_run(args, "impute_test_subjects", f"impute_test_subjects/{args.experiment}", experiment=args.experiment,
                   split=args.split, **{"volumes.path": Path(args.out_dir).resolve()}) as tracker:
         table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references,
-                                Path(args.out_dir), args.split)
+                                Path(args.out_dir), args.split, uncertainty_samples=args.uncertainty_samples)
         tracker.log_metrics({"volumes": len(table), "subjects": table.subject.nunique()})
         tracker.log_artifact(Path(args.out_dir) / "imputed.tsv")  # the volumes themselves stay on disk (large)
     print(f"{len(table)} volumes for {table.subject.nunique()} subjects in {args.out_dir}")
@@ -180,6 +180,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--references", required=True, help='JSON {subject: reference volume} (the grid to write on)')
     p.add_argument("--split", default="test")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--uncertainty-samples", type=int, default=0,
+                   help="K code samples: also <scenario>_<target>_std.nii.gz, the per-voxel std (FSQ models; 0: off)")
     p.set_defaults(func=cmd_impute_split)
 
     p = sub.add_parser("train-segmenter", help="2D tumour U-Net (MONAI) on the real full-contrast training slices")

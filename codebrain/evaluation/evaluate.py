@@ -78,37 +78,47 @@ def markdown_tables(table: pd.DataFrame, summary: pd.DataFrame) -> str:
 
 
 @torch.no_grad()
-def exemplar_figure(imputer, method: str, slices, contrasts, path: Path, index: int) -> None:
+def exemplar_figure(imputer, method: str, slices, contrasts, path: Path, index: int, samples: int = 0) -> None:
     """One test slice as a grid (the paper's Fig. 3): per target two rows, the imputation and its absolute
-    error, one column per scenario (blank where the target is given), the truth in the first column."""
+    error (three with samples: the std of that many sampled decodings), one column per scenario (blank where
+    the target is given), the truth in the first column."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32))
+    from codebrain.evaluation.uncertainty import sample_imputations
+
+    image = torch.from_numpy(np.array(slices[index: index + 1], dtype=np.float32)).to(imputer_device(imputer))
     scenarios = all_scenarios(len(contrasts))
-    outputs = [imputer(image.to(imputer_device(imputer)), available)[0][method].clamp(0, 1).cpu()[0].numpy()
+    outputs = [imputer(image, available)[0][method].clamp(0, 1).cpu()[0].numpy()
                for available in scenarios]  # per scenario: N x S x S
-    rows, columns = 2 * len(contrasts), 1 + len(scenarios)
+    spreads = [sample_imputations(imputer.stage1, imputer.prior, image, available, samples)["std"].cpu()[0].numpy()
+               for available in scenarios] if samples else []
+    per_target = 3 if samples else 2
+    rows, columns = per_target * len(contrasts), 1 + len(scenarios)
     fig, axes = plt.subplots(rows, columns, figsize=(1.05 * columns, 1.1 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for t, target in enumerate(contrasts):
-        truth = image[0, t].numpy()
-        axes[2 * t, 0].imshow(np.rot90(truth), cmap="gray", vmin=0, vmax=1)
-        axes[2 * t, 0].set_title(f"{target} (truth)", fontsize=7)
+        top, truth = per_target * t, image[0, t].cpu().numpy()
+        axes[top, 0].imshow(np.rot90(truth), cmap="gray", vmin=0, vmax=1)
+        axes[top, 0].set_title(f"{target} (truth)", fontsize=7)
         for column, (available, output) in enumerate(zip(scenarios, outputs), start=1):
-            if 2 * t == 0:
+            if top == 0:
                 axes[0, column].set_title(scenario_name(available), fontsize=7)
             if available[t]:
                 continue
-            axes[2 * t, column].imshow(np.rot90(output[t]), cmap="gray", vmin=0, vmax=1)
-            axes[2 * t + 1, column].imshow(np.rot90(np.abs(output[t] - truth)), cmap="magma", vmin=0, vmax=0.3)
-        axes[2 * t, 0].text(-0.08, 0.5, METHOD_NAMES[method], transform=axes[2 * t, 0].transAxes, rotation=90,
-                            va="center", ha="right", fontsize=6)
-        axes[2 * t + 1, 1].text(-0.08, 0.5, "|error| (0-0.3)", transform=axes[2 * t + 1, 1].transAxes, rotation=90,
-                                va="center", ha="right", fontsize=6)
+            axes[top, column].imshow(np.rot90(output[t]), cmap="gray", vmin=0, vmax=1)
+            axes[top + 1, column].imshow(np.rot90(np.abs(output[t] - truth)), cmap="magma", vmin=0, vmax=0.3)
+            if samples:
+                axes[top + 2, column].imshow(np.rot90(spreads[column - 1][t]), cmap="viridis", vmin=0, vmax=0.15)
+        axes[top, 0].text(-0.08, 0.5, METHOD_NAMES[method], transform=axes[top, 0].transAxes, rotation=90,
+                          va="center", ha="right", fontsize=6)
+        row_names = ["|error| (0-0.3)"] + ([f"std of {samples} (0-0.15)"] if samples else [])
+        for offset, name in enumerate(row_names, start=1):
+            axes[top + offset, 1].text(-0.08, 0.5, name, transform=axes[top + offset, 1].transAxes, rotation=90,
+                                       va="center", ha="right", fontsize=6)
     fig.suptitle(f"Test slice {index}: columns are the available contrasts as bits in the order "
                  f"{', '.join(contrasts)}", fontsize=8)
     fig.tight_layout()
@@ -179,9 +189,11 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
         means.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(out_dir / "tables.md") as tmp:
         tmp.write_text(markdown_tables(table, means))
-    exemplar_figure(imputer, method, slices, contrasts, out_dir / "exemplars.png", len(slices) // 2)
+    sampling = uncertainty_samples and isinstance(imputer, CodeBrainImputer) and samplable(imputer.stage1)
+    exemplar_figure(imputer, method, slices, contrasts, out_dir / "exemplars.png", len(slices) // 2,
+                    uncertainty_samples if sampling else 0)
     code_map_figure(imputer, slices, contrasts, out_dir / "code_maps.png", len(slices) // 2)
-    if uncertainty_samples and isinstance(imputer, CodeBrainImputer) and samplable(imputer.stage1):
+    if sampling:
         labels_path = Path(store) / f"{split}_labels.npy"
         labels = np.load(labels_path, mmap_mode="r") if labels_path.exists() else None
         calibrated = evaluate_uncertainty(imputer.stage1, imputer.prior, slices, contrasts, device,

@@ -2,7 +2,9 @@
 
 Names: <out_dir>/<subject>/<scenario>_<target>.nii.gz, the scenario as bits in contrast order
 ("010" = only the second contrast given), on the subject's reference grid (affine and header
-kept), in the reference's original intensity scale; imputed.tsv lists them.
+kept), in the reference's original intensity scale; with uncertainty samples, the per-voxel std
+of the sampled decodings beside each (<scenario>_<target>_std.nii.gz, same scale); imputed.tsv
+lists them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def impute(stage1, prior, image: torch.Tensor, available: np.ndarray) -> torch.T
 
 
 def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out_dir: Path,
-                    split: str = "test", batch_size: int = 32) -> pd.DataFrame:
+                    split: str = "test", batch_size: int = 32, uncertainty_samples: int = 0) -> pd.DataFrame:
+    """uncertainty_samples K > 0 (FSQ models; others skip it): the std of K sampled decodings beside each image."""
+    from codebrain.evaluation.uncertainty import sample_imputations, samplable
+
+    samples = uncertainty_samples if samplable(stage1) else 0
     slices, summary = open_store(store, split)
     contrasts = summary["contrasts"]
     rows = pd.read_csv(store / f"{split}.tsv", sep="\t")
@@ -44,17 +50,27 @@ def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out
         image = torch.from_numpy(np.array(slices[subject_rows["index"].to_numpy()], dtype=np.float32))
         corner = (int(geometry.loc[subject, "x0"]), int(geometry.loc[subject, "y0"]))
         for available in all_scenarios(len(contrasts)):
-            imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu()
-                                 for batch in image.split(batch_size)])
+            if samples:
+                drawn = [sample_imputations(stage1, prior, batch.to(device), available, samples)
+                         for batch in image.split(batch_size)]
+                imputed, spread = (torch.cat([d[key].cpu() for d in drawn]) for key in ("hard", "std"))
+            else:
+                imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu()
+                                     for batch in image.split(batch_size)])
             for t in np.flatnonzero(~available):
                 low, high = ranges.loc[(subject, contrasts[t]), ["low", "high"]]
-                volume = restack([(imputed[:, t].numpy(), corner)], subject_rows.z.to_numpy(), low, high, reference,
-                                 spacing)
                 path = out_dir / subject / f"{scenario_name(available)}_{contrasts[t]}.nii.gz"
-                with write_atomic(path) as tmp:
-                    nib.save(volume, str(tmp))
+                outputs = [(imputed[:, t], path, low, high)]
+                if samples:  # a spread in [0, 1] units scales by (high - low) alone
+                    outputs.append((spread[:, t], std_path(path), 0.0, high - low))
+                for channel, target_path, offset, scale in outputs:
+                    volume = restack([(channel.numpy(), corner)], subject_rows.z.to_numpy(), offset, offset + scale,
+                                     reference, spacing)
+                    with write_atomic(target_path) as tmp:
+                        nib.save(volume, str(tmp))
                 written.append({"subject": subject, "scenario": scenario_name(available), "target": contrasts[t],
-                                "n_inputs": int(available.sum()), "path": str(path)})
+                                "n_inputs": int(available.sum()), "path": str(path),
+                                "std_path": str(std_path(path)) if samples else ""})
     table = pd.DataFrame(written)
     with write_atomic(out_dir / "imputed.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False)

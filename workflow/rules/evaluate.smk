@@ -59,8 +59,9 @@ rule impute_test_subjects:
         references=lambda wildcards: json.dumps(get_reference_volumes()),
         contrasts=" ".join(CONTRASTS),
         split=config["evaluation"]["split"],
+        uncertainty=config["evaluation"]["uncertainty_samples"],
         tracking=get_tracking_args,
-        code=source_hash("evaluation/impute.py", "evaluation/volumes.py", "checkpoints.py"),
+        code=source_hash("evaluation/impute.py", "evaluation/volumes.py", "evaluation/uncertainty.py", "checkpoints.py"),
     log:
         f"{OUT}/logs/impute_test_subjects/{{experiment}}.log",
     benchmark:
@@ -75,6 +76,7 @@ rule impute_test_subjects:
         with_gpus(
             "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
             " --references '{params.references}' --split {params.split} --experiment {wildcards.experiment} {params.tracking}"
+            " --uncertainty-samples {params.uncertainty}"
             " --out-dir {output} > {log} 2>&1"
         )
 
