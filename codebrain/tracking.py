@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from codebrain.io import sha256sum, write_atomic
@@ -269,8 +270,8 @@ class Tracker:
         self.offline = error_line(err)[:300]
 
     def send(self, method: str, *args, **kwargs) -> None:
-        """One logging call (an MLflow function, or log_imputer): to the store, or, once the store has failed,
-        into the pending run."""
+        """One logging call (an MLflow function, or "module:function" of ours): to the store, or, once the store has
+        failed, into the pending run."""
         if not self.enabled:
             return
         if self.offline is None:
@@ -300,10 +301,10 @@ class Tracker:
 
     def log_imputer(self, checkpoint: Path, name: str, kind: str, metrics: dict) -> None:
         """The trained imputer as an MLflow model of this run, registered as `name` (codebrain.registry)."""
-        self.send("log_imputer", str(Path(checkpoint).resolve()), name, kind, metrics)
+        self.send("codebrain.registry:log_imputer", str(Path(checkpoint).resolve()), name, kind, metrics)
 
     def log_store_input(self, store: Path, splits: list[str], context: str) -> None:
-        self.send("log_store_input", str(Path(store).resolve()), list(splits), context)
+        self.send("codebrain.tracking:log_store_input", str(Path(store).resolve()), list(splits), context)
 
     def log_dict(self, data: dict, name: str) -> None:
         self.send("log_dict", data, name)
@@ -358,13 +359,11 @@ def log_store_input(store: str, splits: list[str], context: str) -> None:
 
 
 def logging_function(mlflow, method: str):
-    """An MLflow function, or one of ours that logs into the active run."""
-    if method == "log_imputer":
-        from codebrain.registry import log_imputer
-
-        return log_imputer
-    if method == "log_store_input":
-        return log_store_input
+    """An MLflow function by name, or one of ours that logs into the active run, as "module:function" (imported
+    when called: the registry sits above this module)."""
+    if ":" in method:
+        module, name = method.split(":")
+        return getattr(importlib.import_module(module), name)
     return getattr(mlflow, method)
 
 
@@ -408,11 +407,14 @@ def sync_pending(folder: Path, uri: str | None = None) -> list[str]:
                 elif method == "set_tags":
                     for key, value in args[0].items():
                         client.set_tag(run_id, key, value)
-                elif method in ("log_imputer", "log_store_input"):
+                elif ":" in method:
                     import mlflow
 
+                    # ours log into the active run: this one, which may still be active here (a Tracker of this
+                    # process that went offline), else started for the call
                     mlflow.set_tracking_uri(target)
-                    with mlflow.start_run(run_id=run_id):
+                    active = mlflow.active_run()
+                    with nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id):
                         logging_function(mlflow, method)(*args, **kwargs)
             client.set_terminated(run_id, pending.get("status", "FINISHED"))
         synced.append(run_id)

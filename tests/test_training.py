@@ -391,3 +391,37 @@ def test_a_store_failing_mid_step_keeps_the_outputs_and_the_run_for_sync(tmp_pat
     assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(after.info.run_id)] == ["m.tsv"]
     assert not list((tmp_path / "mlflow-pending").glob("*.json"))
+
+
+def test_a_trained_model_waits_for_sync_when_the_store_fails_and_is_registered_then(store, tmp_path, monkeypatch):
+    """The store fails from the checkpoint upload on: training still ends with its checkpoint; the model's logging
+    and registration wait in mlflow-pending/ and sync-tracking registers it into the same run, with its inputs."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from codebrain.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    upload = mlflow.log_artifact
+
+    def broken(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database")
+
+    monkeypatch.setattr(mlflow, "log_artifact", broken)
+    config = {"method": "direct", "model": {k: MODEL[k] for k in ("width", "enc_blocks", "dec_blocks", "middle_blocks")},
+              "train": {"steps": 2, "batch_size": 4, "validate_every": 2, "log_every": 2}}
+    assert main(["train-direct", "--store", str(store), "--out", str(tmp_path / "direct.pt"), "--contrasts", *CONTRASTS,
+                 "--config", json.dumps(config), "--dataset", "synthetic", "--experiment", "plain",
+                 "--tracking-uri", uri]) == 0
+    assert (tmp_path / "direct.pt").exists()
+    client = MlflowClient(uri)
+    assert not client.search_registered_models()
+    monkeypatch.setattr(mlflow, "log_artifact", upload)
+    assert main(["sync-tracking", "--tracking-uri", uri]) == 0
+    (version,) = client.search_model_versions("name = 'synthetic-plain'")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["rule"] == "train_direct" and run.info.status == "FINISHED"
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {f"{store.parent.name}/train", f"{store.parent.name}/val"}
+    assert client.get_model_version_by_alias("synthetic-plain", "champion").version == version.version

@@ -103,9 +103,15 @@ def write_dataset_description(out_dir: Path, bids_dir: Path) -> None:
         tmp.write_text(json.dumps(description, indent=2))
 
 
-def sidecar(visit: Visit, bids_dir: Path, model: tuple[str, Path], data: dict, report: dict, samples: int,
-            kind: str) -> dict:
+def model_record(uri: str, checkpoint: Path, data: dict) -> dict:
+    """What the sidecars say of the model: as given (path or models:/ URI), its file and sha256, its voxel size."""
     from codebrain.evaluation.impute import trained_spacing
+
+    return {"URI": uri, "Path": str(checkpoint.resolve()), "SHA256": sha256sum(checkpoint),
+            "TrainedVoxelSize": trained_spacing(data)}
+
+
+def sidecar(visit: Visit, bids_dir: Path, model: dict, data: dict, report: dict, samples: int, kind: str) -> dict:
     from codebrain.tracking import git_commit
 
     return {
@@ -115,8 +121,7 @@ def sidecar(visit: Visit, bids_dir: Path, model: tuple[str, Path], data: dict, r
         "Units": UNITS,
         "Normalisation": {key: value for key, value in data.get("slicing", {}).items()
                           if key in ("normalisation", "lower_percentile", "upper_percentile")},
-        "CodeBrainModel": {"URI": str(model[0]), "Path": str(model[1].resolve()), "SHA256": sha256sum(model[1]),
-                           "TrainedVoxelSize": trained_spacing(data)},
+        "CodeBrainModel": model,
         "CodeBrainVersion": {"Version": __version__, "GitCommit": git_commit()},
         "InputVoxelSize": [float(v) for v in report["input_voxel_size"]],
         "ResampledTo": report["resampled_to"],
@@ -124,10 +129,10 @@ def sidecar(visit: Visit, bids_dir: Path, model: tuple[str, Path], data: dict, r
     }
 
 
-def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: tuple[str, Path], loaded: tuple,
-                 targets: list[str], register: bool, samples: int) -> list[Path]:
+def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: dict, loaded: tuple, targets: list[str],
+                 register: bool, samples: int) -> list[Path]:
     """Impute `targets` for one visit; returns the images written. Registration (when asked) runs once.
-    model: (the URI or path given, the checkpoint file)."""
+    model: its `model_record`."""
     from codebrain.data.registration import register_subject
     from codebrain.evaluation.impute import impute_scans
 
@@ -162,12 +167,12 @@ def run_bids_app(bids_dir: Path, out_dir: Path, model_uri: str, participants: li
 
     from codebrain.checkpoints import load_codebrain
     from codebrain.io import default_device
-
     from codebrain.registry import resolve_model
 
-    bids_dir, out_dir, model = Path(bids_dir), Path(out_dir) / "codebrain", resolve_model(str(model_uri))
+    bids_dir, out_dir, checkpoint = Path(bids_dir), Path(out_dir) / "codebrain", resolve_model(str(model_uri))
     visits = find_visits(bids_dir, participants)
-    stage1, prior, data = load_codebrain(model)
+    stage1, prior, data = load_codebrain(checkpoint)
+    model = model_record(str(model_uri), checkpoint, data)
     contrasts = stage1.cfg.contrasts
     unknown = sorted(set(targets or []) - set(contrasts))
     if unknown:
@@ -187,8 +192,8 @@ def run_bids_app(bids_dir: Path, out_dir: Path, model_uri: str, participants: li
             continue
         visit.scans = known
         try:
-            outcome["imputed"][visit.label] = impute_visit(visit, bids_dir, out_dir, (model_uri, model), loaded,
-                                                           missing, register, samples)
+            outcome["imputed"][visit.label] = impute_visit(visit, bids_dir, out_dir, model, loaded, missing,
+                                                           register, samples)
         except (InputError, ValueError, RuntimeError, OSError) as err:
             outcome["failed"][visit.label] = str(err) or traceback.format_exc(limit=1)
     return outcome
