@@ -312,6 +312,13 @@ class Tracker:
     def set_tags(self, tags: dict) -> None:
         self.send("set_tags", {k: str(v) for k, v in tags.items()})
 
+    def forget_active_run(self) -> None:
+        """The store never got end_run: drop the run from MLflow's active-run stack without calling the store (which
+        mlflow.end_run would), so that this process can start another run (in-process callers, the tests)."""
+        stack = self.mlflow.tracking.fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == self.run_id:
+            stack.pop()
+
     def finish(self, record: str | Path | None, status: str = "FINISHED") -> None:
         """End the run and write the run record {run_id, tracking_uri[, pending]} (the step's declared output)."""
         if not self.enabled:
@@ -319,6 +326,7 @@ class Tracker:
         self.send("end_run", status=status)
         entry = {"run_id": self.run_id, "tracking_uri": self.uri}
         if self.offline is not None:
+            self.forget_active_run()
             self.pending["status"] = status
             folder = pending_dir(self.uri)
             path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.pending['run_name'].replace('/', '_')}.json"
