@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from codebrain.io import sha256sum, write_atomic
@@ -415,14 +415,11 @@ def sync_pending(folder: Path, uri: str | None = None) -> list[str]:
                 elif method == "set_tags":
                     for key, value in args[0].items():
                         client.set_tag(run_id, key, value)
-                elif ":" in method:
+                elif ":" in method:  # ours log into the active run
                     import mlflow
 
-                    # ours log into the active run: this one, which may still be active here (a Tracker of this
-                    # process that went offline), else started for the call
                     mlflow.set_tracking_uri(target)
-                    active = mlflow.active_run()
-                    with nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id):
+                    with mlflow.start_run(run_id=run_id):
                         logging_function(mlflow, method)(*args, **kwargs)
             client.set_terminated(run_id, pending.get("status", "FINISHED"))
         synced.append(run_id)
