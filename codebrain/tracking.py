@@ -13,6 +13,7 @@ on a SQLite store therefore holds an exclusive lock on <db>.lock; a tracking ser
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import json
@@ -108,8 +109,10 @@ def provenance() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "snakemake_version": snakemake_version}
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the package's checkout (tagged on every run and stored in checkpoints)."""
+    """The commit of the package's checkout (tagged on every run, stored in checkpoints and BIDS sidecars); one
+    `git` call per process."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
