@@ -138,7 +138,8 @@ def test_stage2_checkpoint_is_self_contained_and_reports_both_stages(trained):
     payload = torch.load(trained / "stage2.pt", weights_only=True)
     assert payload["kind"] == "stage2" and payload["stage1"]["kind"] == "stage1"
     metrics = payload["metrics"]
-    for key in ("val/psnr_stage2", "val/psnr_stage1", "val/psnr_zero", "val/code_accuracy_T1"):
+    for key in ("val/psnr_stage2", "val/psnr_stage1", "val/psnr_zero", "val/code_accuracy_T1",
+                "val/code_accuracy_brain_T1", "val/whole_code_accuracy_brain", "val/level_error_brain_PD"):
         assert np.isfinite(metrics[key]), key
     assert 0 <= metrics["val/code_accuracy"] <= 1
 
@@ -226,6 +227,9 @@ def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_p
     one_method = table[table.method == "CodeBrain"]
     assert all_pairs.loc["CodeBrain", "psnr"] == pytest.approx(one_method.psnr.mean(), abs=1e-3)
     assert "| 010 | T1 |" in (tmp_path / "tables.md").read_text()
+    codes = one_method.groupby("target").whole_code_accuracy_brain.mean()  # the code table: means over scenarios
+    assert "| T2 | " in (tmp_path / "tables.md").read_text() and codes.between(0, 1).all()
+    assert f"{codes['T2']:.3f}" in (tmp_path / "tables.md").read_text().split("Predicted codes")[1]
     assert (tmp_path / "exemplars.png").stat().st_size > 1000 and (tmp_path / "code_maps.png").stat().st_size > 1000
 
 
@@ -425,3 +429,58 @@ def test_a_trained_model_waits_for_sync_when_the_store_fails_and_is_registered_t
     assert run.data.tags["rule"] == "train_direct" and run.info.status == "FINISHED"
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {f"{store.parent.name}/train", f"{store.parent.name}/val"}
     assert client.get_model_version_by_alias("synthetic-plain", "champion").version == version.version
+
+
+def test_code_diagnostics_by_hand():
+    """Two code positions of which one is brain, d' = 2: counts worked out by hand."""
+    from codebrain.evaluation.scenarios import code_diagnostics
+
+    true = torch.tensor([[[[0, 3]], [[2, 1]]]], dtype=torch.uint8)  # 1 x d'=2 x h=1 x w=2
+    predicted = torch.tensor([[[[0, 1]], [[4, 1]]]], dtype=torch.uint8)
+    brain = torch.tensor([[[True, False]]])  # only position 0 is brain
+    found = code_diagnostics(predicted, true, brain, levels=True)
+    assert found["code_accuracy"].item() == pytest.approx(2 / 4)  # entries (0,0) and (1,1) right
+    assert found["code_accuracy_brain"].item() == pytest.approx(1 / 2)  # at position 0: dim 0 right, dim 1 off by 2
+    assert found["whole_code_accuracy_brain"].item() == 0.0
+    assert found["level_error_brain"].item() == pytest.approx((0 + 2) / 2)
+    both_right = code_diagnostics(true, true, brain, levels=False)
+    assert both_right["whole_code_accuracy_brain"].item() == 1.0 and "level_error_brain" not in both_right
+    no_brain = code_diagnostics(predicted, true, torch.zeros_like(brain), levels=True)
+    assert torch.isnan(no_brain["code_accuracy_brain"]).all() and no_brain["code_accuracy"].item() == 0.5
+
+
+def test_code_diagnostics_of_a_perfect_prior_and_the_evaluation_means():
+    """E_prior that returns Stage I's own codes scores 1 everywhere and level error 0; the evaluation table
+    carries every diagnostic per (scenario, target) and the per-target means."""
+    from codebrain.evaluation.evaluate import code_means, code_table
+    from codebrain.evaluation.scenarios import CODE_METRICS, CodeBrainImputer, evaluate_scenarios
+    from codebrain.models.config import ModelConfig
+    from codebrain.models.reconstructor import Reconstructor
+
+    cfg = ModelConfig(contrasts=["T1", "T2", "PD"], **{k: v for k, v in MODEL.items() if not k.startswith("disc")})
+    stage1 = Reconstructor(cfg)
+
+    class Oracle(torch.nn.Module):  # "predicts" the true codes of the (unmasked) image it was handed last
+        def forward(self, masked):
+            return self.image
+
+        def predict(self, image):
+            return stage1.encode(image)
+
+    oracle = Oracle()
+    imputer = CodeBrainImputer(stage1, oracle)
+    slices = np.zeros((2, 3, 16, 16), np.float32)
+    slices[:, :, 4:12, 4:12] = np.random.default_rng(0).random((2, 3, 8, 8)) * 0.5 + 0.5
+
+    def call(image, available):
+        oracle.image = image
+        return imputer(image, available)
+
+    table = evaluate_scenarios(call, slices, cfg.contrasts, "cpu")
+    rows = table[table.method == "stage2"]
+    assert len(rows) == 9 and set(CODE_METRICS) <= set(rows.columns)
+    assert (rows.code_accuracy == 1).all() and (rows.whole_code_accuracy_brain == 1).all()
+    assert (rows.level_error_brain == 0).all()
+    means = code_means(table)
+    assert list(means.target) == ["T1", "T2", "PD"] and (means.code_accuracy_brain == 1).all()
+    assert "whole codes right (brain)" in code_table(means)

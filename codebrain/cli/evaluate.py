@@ -21,9 +21,9 @@ def cmd_evaluate(args):
         tracker.log_store_input(Path(args.store), [args.split], "evaluation")
         if tracker.enabled and tracker.offline is None:  # the registered version this run scores
             tracker.set_tags(scored_model_version(tracker.uri, Path(args.model), f"{args.dataset}-{args.experiment}"))
-        means = evaluate(Path(args.model), Path(args.store), out_dir, args.contrasts, args.split, args.batch_size,
-                         args.uncertainty_samples)
-        tracker.log_metrics(logged_metrics(means, args.split))
+        means, codes = evaluate(Path(args.model), Path(args.store), out_dir, args.contrasts, args.split,
+                                args.batch_size, args.uncertainty_samples)
+        tracker.log_metrics(logged_metrics(means, args.split, codes))
         for name in ("scenarios.csv", "summary.csv", "tables.md", "exemplars.png", "code_maps.png", "uncertainty.csv",
                      "uncertainty.png"):
             if (out_dir / name).exists():

@@ -18,8 +18,8 @@ import torch
 
 from codebrain.checkpoints import codebrain_from, direct_from, load_checkpoint
 from codebrain.data.dataset import open_store
-from codebrain.evaluation.scenarios import (CodeBrainImputer, DirectImputer, all_scenarios, evaluate_scenarios,
-                                            scenario_name)
+from codebrain.evaluation.scenarios import (CODE_METRICS, CodeBrainImputer, DirectImputer, all_scenarios,
+                                            evaluate_scenarios, scenario_name)
 from codebrain.evaluation.uncertainty import evaluate_uncertainty, samplable, uncertainty_figure
 from codebrain.io import default_device, write_atomic
 
@@ -39,11 +39,16 @@ def load_imputer(checkpoint: str | Path, contrasts: list[str] | None, device="cp
     return CodeBrainImputer(stage1.to(device), prior.to(device)), "stage2"
 
 
-def logged_metrics(means: pd.DataFrame, split: str) -> dict[str, float]:
-    """Group means as MLflow metrics: <split>/<group>/<method id>/<metric>, e.g. test/all/stage2/psnr."""
+def logged_metrics(means: pd.DataFrame, split: str, codes: pd.DataFrame | None = None) -> dict[str, float]:
+    """Group means as MLflow metrics: <split>/<group>/<method id>/<metric>, e.g. test/all/stage2/psnr; with the
+    code diagnostics (code_means), <split>/codes/<target>/<metric>."""
     method_ids = {name: method for method, name in METHOD_NAMES.items()}
-    return {f"{split}/{GROUPS[row.group]}/{method_ids[row.method]}/{k}": row[k]
-            for _, row in means.iterrows() for k in ("psnr", "ssim", "mae", "psnr_brain")}
+    metrics = {f"{split}/{GROUPS[row.group]}/{method_ids[row.method]}/{k}": row[k]
+               for _, row in means.iterrows() for k in ("psnr", "ssim", "mae", "psnr_brain")}
+    if codes is not None and not codes.empty:
+        metrics.update({f"{split}/codes/{row.target}/{k}": row[k]
+                        for _, row in codes.iterrows() for k in CODE_METRICS if k in row})
+    return metrics
 
 
 def group_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +61,28 @@ def group_means(table: pd.DataFrame) -> pd.DataFrame:
             rows.append({"group": group, "method": method, "pairs": len(per_method),
                          **per_method[columns].mean().to_dict()})
     return pd.DataFrame(rows)
+
+
+def code_means(table: pd.DataFrame) -> pd.DataFrame:
+    """CodeBrain's predicted codes against Stage I's, per target: unweighted means over the scenarios that
+    miss it (empty for models without discrete codes)."""
+    present = [c for c in CODE_METRICS if c in table and table[c].notna().any()]
+    if not present:
+        return pd.DataFrame()
+    rows = table[table[present[0]].notna()]
+    return rows.groupby("target", sort=False)[present].mean().reset_index()
+
+
+def code_table(means: pd.DataFrame) -> str:
+    if means.empty:
+        return ""
+    names = {"code_accuracy": "entries right", "code_accuracy_brain": "entries right (brain)",
+             "whole_code_accuracy_brain": "whole codes right (brain)", "level_error_brain": "|level error| (brain)"}
+    columns = [c for c in CODE_METRICS if c in means]
+    lines = ["", "## Predicted codes against Stage I's (means over the scenarios missing the target)", "",
+             "| target | " + " | ".join(names[c] for c in columns) + " |", "|" + " --- |" * (1 + len(columns))]
+    lines += [f"| {row.target} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |" for _, row in means.iterrows()]
+    return "\n".join(lines) + "\n"
 
 
 def markdown_tables(table: pd.DataFrame, summary: pd.DataFrame) -> str:
@@ -170,8 +197,8 @@ def imputer_device(imputer):
 
 
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str], split: str = "test",
-             batch_size: int = 32, uncertainty_samples: int = 0) -> pd.DataFrame:
-    """Refused when the store, the checkpoint or `contrasts` disagree on the contrasts. With uncertainty_samples
+             batch_size: int = 32, uncertainty_samples: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(group means, code diagnostics per target). Refused when the store, the checkpoint or `contrasts` disagree on the contrasts. With uncertainty_samples
     (CodeBrain with FSQ codes), also uncertainty.csv and uncertainty.png (evaluation/uncertainty.py)."""
     device = default_device()
     slices, _ = open_store(store, split, contrasts)
@@ -180,15 +207,15 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
     table["method"] = table.method.map(METHOD_NAMES)
     table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")
     columns = ["scenario", "target", "n_inputs", "method"] + [c for c in table.columns if c.split("_")[0] in METRICS]
-    table = table[columns + (["code_accuracy"] if "code_accuracy" in table else [])]
-    means = group_means(table)
+    table = table[columns + [c for c in CODE_METRICS if c in table]]
+    means, codes = group_means(table), code_means(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     with write_atomic(out_dir / "scenarios.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(out_dir / "summary.csv") as tmp:
         means.to_csv(tmp, index=False, float_format="%.4f")
     with write_atomic(out_dir / "tables.md") as tmp:
-        tmp.write_text(markdown_tables(table, means))
+        tmp.write_text(markdown_tables(table, means) + code_table(codes))
     sampling = uncertainty_samples and isinstance(imputer, CodeBrainImputer) and samplable(imputer.stage1)
     exemplar_figure(imputer, method, slices, contrasts, out_dir / "exemplars.png", len(slices) // 2,
                     uncertainty_samples if sampling else 0)
@@ -202,7 +229,7 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
             calibrated.to_csv(tmp, index=False, float_format="%.5f")
         uncertainty_figure(calibrated, imputer.stage1, imputer.prior, slices, contrasts, out_dir / "uncertainty.png",
                            len(slices) // 2, uncertainty_samples)
-    return means
+    return means, codes
 
 
 def compare_experiments(summaries: dict[str, Path], out: Path, markdown: Path) -> str:

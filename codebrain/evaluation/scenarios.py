@@ -37,10 +37,37 @@ def brain_masks(image: np.ndarray) -> np.ndarray:
     return np.stack([brain_mask(list(stack)) for stack in image])
 
 
+CODE_METRICS = ("code_accuracy", "code_accuracy_brain", "whole_code_accuracy_brain", "level_error_brain")
+
+
+def code_diagnostics(predicted: torch.Tensor, true: torch.Tensor, brain: torch.Tensor, levels: bool) -> dict:
+    """Per slice, E_prior's code map against Stage I's (both B x d' x h x w): the fraction of code entries right
+    (everywhere, as the paper counts, and inside the brain, where the prior has something to predict), the
+    fraction of brain positions with all d' entries right (the whole code), and, for level codes (FSQ), the
+    mean absolute level error inside the brain. brain: B x h x w; a slice without brain gets NaN there."""
+    hits = (predicted == true).float()  # B x d' x h x w
+    inside = brain[:, None].float()
+    positions = brain.flatten(1).sum(1).float()
+    entries = positions * true.shape[1]
+    metrics = {"code_accuracy": hits.flatten(1).mean(1),
+               "code_accuracy_brain": (hits * inside).flatten(1).sum(1) / entries,
+               "whole_code_accuracy_brain": (hits.amin(1) * brain).flatten(1).sum(1) / positions}
+    if levels:
+        error = (predicted.float() - true.float()).abs()
+        metrics["level_error_brain"] = (error * inside).flatten(1).sum(1) / entries
+    return metrics
+
+
+def code_brain(image: torch.Tensor, code_size: int) -> torch.Tensor:
+    """B x N x S x S -> B x h x w: code positions more than half of whose pixels are brain (brain_masks)."""
+    pixels = torch.from_numpy(brain_masks(image.cpu().numpy())).to(image.device, torch.float32)
+    return torch.nn.functional.adaptive_avg_pool2d(pixels[:, None], code_size)[:, 0] > 0.5
+
+
 class CodeBrainImputer:
     """Stage I reconstruction (D_a from the target's true code) and, given E_prior, Stage II imputation
-    (from the predicted code), plus the predicted codes' per-slice accuracy. reconstruct=False
-    skips Stage I (imputing real missing data, whose true codes do not exist)."""
+    (from the predicted code), plus the predicted codes' per-slice diagnostics (CODE_METRICS).
+    reconstruct=False skips Stage I (imputing real missing data, whose true codes do not exist)."""
 
     def __init__(self, stage1, prior=None, reconstruct: bool = True):
         self.stage1, self.prior = stage1.eval(), prior.eval() if prior is not None else None
@@ -56,15 +83,20 @@ class CodeBrainImputer:
         if self.prior is not None:
             codes["stage2"] = self.prior.predict(self.prior(masked))
         outputs = {method: masked.clone() for method in codes}
-        accuracy = torch.full(image.shape[:2], float("nan"), device=image.device)
+        diagnose = len(codes) == 2 and self.stage1.quantiser.discrete
+        levels = self.stage1.quantiser.level_counts is not None
+        brain = code_brain(image, codes["stage1"].shape[-1]) if diagnose else None
+        diagnostics = {}
         for t in np.flatnonzero(~available):
             for method, method_codes in codes.items():
                 outputs[method][:, t] = self.stage1.decode_code(method_codes, common, int(t))
-            if len(codes) == 2 and self.stage1.quantiser.discrete:
+            if diagnose:
                 code_map = 0 if self.stage1.cfg.joint_code else int(t)
-                hits = codes["stage2"][:, code_map] == codes["stage1"][:, code_map]
-                accuracy[:, t] = hits.float().flatten(1).mean(1)
-        return outputs, ({"code_accuracy": accuracy} if len(codes) == 2 else {})
+                found = code_diagnostics(codes["stage2"][:, code_map], codes["stage1"][:, code_map], brain, levels)
+                for metric, per_slice in found.items():
+                    diagnostics.setdefault(metric, torch.full(image.shape[:2], float("nan"), device=image.device))
+                    diagnostics[metric][:, t] = per_slice
+        return outputs, diagnostics
 
 
 class DirectImputer:
@@ -84,13 +116,13 @@ class DirectImputer:
 @torch.no_grad()
 def evaluate_scenarios(imputer, slices, contrasts: list[str], device, batch_size: int = 64,
                        max_slices: int | None = None, brain: bool = False) -> pd.DataFrame:
-    """Rows (scenario, target, n_inputs, method, psnr, ssim, mae[, *_brain][, code_accuracy]): means over slices.
+    """Rows (scenario, target, n_inputs, method, psnr, ssim, mae[, *_brain][, CODE_METRICS]): means over slices.
 
     imputer(image, available) -> ({method: B x N x S x S}, {metric: B x N}) (CodeBrainImputer:
     stage1 and stage2, DirectImputer: direct); zero = the missing contrast left at 0.
     """
     sums = defaultdict(float)
-    counts = defaultdict(int)
+    counts = defaultdict(int)  # slices per (scenario, target, n_inputs, method), or per metric for the extras
     n = len(slices) if max_slices is None else min(len(slices), max_slices)
     for start in range(0, n, batch_size):
         block = np.array(slices[start: min(n, start + batch_size)], dtype=np.float32)
@@ -108,13 +140,15 @@ def evaluate_scenarios(imputer, slices, contrasts: list[str], device, batch_size
                     for metric, per_slice in values.items():
                         sums[key + (method, metric)] += per_slice.sum().item()
                     counts[key + (method,)] += len(target)
-                for metric, per_slice in extras.items():
-                    sums[key + ("stage2", metric)] += per_slice[:, t].sum().item()
-    rows = []
-    for key, count in counts.items():
-        row = dict(zip(("scenario", "target", "n_inputs", "method"), key))
-        row.update({metric: total / count for (*k, metric), total in sums.items() if tuple(k) == key})
-        rows.append(row)
+                for metric, per_slice in extras.items():  # NaN: a slice without brain
+                    sums[key + ("stage2", metric)] += per_slice[:, t].nansum().item()
+                    counts[key + ("stage2", metric)] += int(per_slice[:, t].isfinite().sum())
+    rows = {}
+    for (*key, metric), total in sums.items():
+        count = counts.get((*key, metric), counts.get(tuple(key)))
+        row = rows.setdefault(tuple(key), dict(zip(("scenario", "target", "n_inputs", "method"), key)))
+        row[metric] = total / count if count else float("nan")
+    rows = list(rows.values())
     return pd.DataFrame(rows)
 
 
@@ -125,8 +159,9 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
     for method, rows in table.groupby("method"):
         summary[f"psnr_{method}"] = rows.psnr.mean()
         summary[f"psnr_{method}_one_missing"] = rows[rows.n_inputs == n_contrasts - 1].psnr.mean()
-        if "code_accuracy" in rows and rows.code_accuracy.notna().any():
-            summary["code_accuracy"] = rows.code_accuracy.mean()
-            for target, per_target in rows.groupby("target"):
-                summary[f"code_accuracy_{target}"] = per_target.code_accuracy.mean()
+        for metric in CODE_METRICS:
+            if metric in rows and rows[metric].notna().any():
+                summary[metric] = rows[metric].mean()
+                for target, per_target in rows.groupby("target"):
+                    summary[f"{metric}_{target}"] = per_target[metric].mean()
     return {k: float(v) for k, v in summary.items()}
