@@ -76,7 +76,7 @@ class Stage2Step:
         self.optimisers = [torch.optim.Adam(self.prior.parameters(), lr=1e-4, fused="fused_adam" in options)]
 
     def __call__(self, image, mask, codes):
-        loss = self.prior.loss(self.prior(image * mask[:, :, None, None]), codes)
+        loss = self.prior.loss(self.prior(image * mask[:, :, None, None], mask), codes)
         self.optimisers[0].zero_grad(set_to_none=True)
         loss.backward()
         self.optimisers[0].step()
@@ -100,7 +100,7 @@ def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
             disc(torch.cat([reconstruction, reconstruction]))  # D on [real; fake]
             disc(reconstruction)  # the adversarial term
         else:
-            CodePrior(cfg)(image)
+            CodePrior(cfg)(image, mask)
     return counter.get_total_flops() * batch
 
 

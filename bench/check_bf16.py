@@ -53,10 +53,10 @@ def one_step(stage: str, networks: dict, inputs: tuple, bf16: bool, fast: bool) 
             loss = loss_fn(networks["generator"], networks["discriminator"], image, *inputs[1:])
     else:
         prior = networks["prior"]
-        loss_fn = torch.compile(lambda x, codes: prior.loss(prior(x), codes)) if fast else (
-            lambda x, codes: prior.loss(prior(x), codes))
+        loss_fn = torch.compile(lambda x, mask, codes: prior.loss(prior(x, mask), codes)) if fast else (
+            lambda x, mask, codes: prior.loss(prior(x, mask), codes))
         with autocast:
-            loss = loss_fn(image * inputs[1][:, :, None, None], inputs[2])
+            loss = loss_fn(image * inputs[1][:, :, None, None], inputs[1], inputs[2])
     loss.backward()
     return float(loss.detach()), {name: gradients(network) for name, network in networks.items()}
 

@@ -95,8 +95,9 @@ def test_code_target_predicts_codes_from_confident_logits(target_kind):
                             for i, n in enumerate(levels)], 1)
     assert logits.shape[1] == target.channels
     assert torch.equal(target.predict(logits), codes)
-    assert target.loss(logits, codes).item() < 1e-6
-    assert target.loss(-logits, codes).item() > 1.0
+    assert target.loss(logits, codes).shape == (2,)  # one loss per code map
+    assert target.loss(logits, codes).max() < 1e-6
+    assert target.loss(-logits, codes).min() > 1.0
 
 
 def test_grading_penalises_far_misses_more_than_near_ones():
@@ -105,6 +106,63 @@ def test_grading_penalises_far_misses_more_than_near_ones():
     near = level_to_bits(torch.full((1, 1, 1), 3), 5) * 20 - 10
     far = level_to_bits(torch.full((1, 1, 1), 4), 5) * 20 - 10
     assert target.loss(far, truth) > target.loss(near, truth)
+
+
+def test_code_loss_weighting_toward_missing_maps():
+    """map_weights: a weighted mean of the per-map losses, computed here from the unweighted ones."""
+    cfg = ModelConfig(contrasts=["T1", "T2", "PD"], width=4, enc_blocks=[1], dec_blocks=[1], code_dim=2, levels=5,
+                      prior_width=4, prior_enc_blocks=[1])
+    prior = CodePrior(cfg)
+    logits = torch.randn(2, 3, prior.target.channels, 4, 4)
+    codes = torch.randint(0, 5, (2, 3, 2, 4, 4), dtype=torch.uint8)
+    per_map = prior.target.loss(logits.flatten(0, 1), codes.flatten(0, 1)).view(2, 3)
+    assert prior.loss(logits, codes) == pytest.approx(per_map.mean().item())
+    weights = torch.tensor([[1.0, 4.0, 1.0], [4.0, 4.0, 1.0]])
+    expected = (per_map * weights).sum() / weights.sum()
+    assert prior.loss(logits, codes, weights) == pytest.approx(expected.item())
+
+
+def test_prior_with_availability_bits_tells_scenarios_apart():
+    """Two scenarios whose masked stacks are equal (an all-zero given contrast) differ only in their bits."""
+    cfg = ModelConfig(contrasts=["T1", "T2"], width=4, enc_blocks=[1], dec_blocks=[1], code_dim=2, levels=5,
+                      prior_width=4, prior_enc_blocks=[1], prior_availability=True)
+    torch.manual_seed(0)
+    prior = CodePrior(cfg)
+    masked = torch.zeros(1, 2, 8, 8)
+    masked[:, 0] = torch.rand(8, 8)
+    one, both = torch.tensor([[True, False]]), torch.tensor([[True, True]])
+    assert not torch.allclose(prior(masked, one), prior(masked, both))
+    plain = CodePrior(ModelConfig(**{**cfg.to_dict(), "prior_availability": False}))
+    assert torch.equal(plain(masked, one), plain(masked, both))
+    assert prior.encoder.intro.in_channels == 2 * plain.encoder.intro.in_channels == 4
+
+
+def test_expected_level_decoding_is_the_mean_of_the_level_distribution():
+    """prior_decode: expected gives sum_j j P(level = j), computed here by hand from the grading bits."""
+    cfg = ModelConfig(contrasts=["T1", "T2"], width=4, enc_blocks=[1], dec_blocks=[1], code_dim=1, levels=3,
+                      prior_width=4, prior_enc_blocks=[1], prior_decode="expected")
+    prior = CodePrior(cfg)
+    logits = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1, 1)  # P(level > 0) = 0.5, P(level > 1) = sigmoid(1) -> 0.5
+    above = torch.sigmoid(torch.tensor([0.0, 1.0])).cummin(0).values  # made monotone: 0.5, 0.5
+    expected = above.sum()  # E[level] = sum_j P(level > j)
+    assert prior.decoded_codes(logits).item() == pytest.approx(expected.item())
+    hard = CodePrior(ModelConfig(**{**cfg.to_dict(), "prior_decode": "hard"}))
+    assert torch.equal(hard.decoded_codes(logits), hard.predict(logits))
+    with pytest.raises(ValueError, match="prior_decode"):
+        ModelConfig(prior_decode="mean")
+
+
+def test_decoder_without_skips_ignores_the_common_features_skips():
+    """decoder_skips: False: changing E_s's skip tensors leaves D_a's output unchanged; with skips it changes."""
+    for skips, changes in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        model = Reconstructor(ModelConfig(contrasts=["T1", "T2"], width=4, enc_blocks=[1, 1], dec_blocks=[1, 1],
+                                          code_dim=2, levels=5, decoder_skips=skips))
+        latent = torch.randn(1, 2, 2, 2)
+        common_skips, bottleneck = model.common_features(torch.rand(1, 2, 8, 8))
+        out = model.decoder(latent, (common_skips, bottleneck))
+        moved = model.decoder(latent, ([s + 1 for s in common_skips], bottleneck))
+        assert (not torch.allclose(out, moved)) == changes
 
 
 def test_psnr_loss_is_minus_psnr():
@@ -150,7 +208,7 @@ def test_forward_for_every_scenario_and_anchor(contrasts, variant):
             output, codes, _ = stage1(image, mask, torch.tensor([anchor]))
             assert output.shape == (1, n if cfg.joint_code else 1, 16, 16)
             assert torch.isfinite(output).all()
-            logits = prior(image * mask[:, :, None, None])
+            logits = prior(image * mask[:, :, None, None], mask)
             assert prior.predict(logits).shape[:2] == (1, cfg.n_code_maps)
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import REALDATA
-from helpers import CONTRASTS, MODEL, cli, make_store
+from helpers import CONTRASTS, MODEL, REPO, cli, make_store
 
 from codebrain.io import InputError
 from codebrain.training.loop import GlobalBatches
@@ -100,7 +100,9 @@ def test_killed_run_resumes_where_it_stopped(store, tmp_path):
     resumed = cli(*stage1_args(store, out, config, tmp_path))
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert_same_weights(tmp_path / "straight.pt", out, atol=1e-6)
-    assert torch.load(out, weights_only=True)["step"] == 60
+    payload = torch.load(out, weights_only=True)  # the best of the validations at steps 30 and 60, as straight
+    assert payload["metrics"]["train/steps"] == 60 and payload["step"] in (30, 60)
+    assert payload["step"] == torch.load(tmp_path / "straight.pt", weights_only=True)["step"]
     assert not state.exists(), "resume state is removed once the final checkpoint is written"
 
 
@@ -163,6 +165,79 @@ def test_runs_are_logged_to_mlflow(trained):
     assert "val/code_accuracy" in stage2.data.metrics and "val/psnr_stage2" in stage2.data.metrics
 
 
+def test_checkpoints_keep_the_best_weights_on_validation(trained):
+    """keep: best (default): each stage's checkpoint holds the validated weights with the best one-missing PSNR,
+    as MLflow's history of that stage's validations shows it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
+    for stage in ("stage1", "stage2"):
+        run_id = json.loads((trained / f"{stage}.pt.run.json").read_text())["run_id"]
+        history = client.get_metric_history(run_id, f"val/psnr_{stage}_one_missing")
+        best = max(history, key=lambda m: (m.value, -m.step))  # the first of equal scores
+        payload = torch.load(trained / f"{stage}.pt", weights_only=True)
+        assert payload["step"] == best.step and payload["metrics"][f"val/psnr_{stage}_one_missing"] == best.value
+        assert client.get_run(run_id).data.metrics["val/selected_step"] == best.step
+    assert len(client.get_metric_history(run_id, "val/psnr_stage2_one_missing")) == 1  # Stage II: at its end only
+
+
+def test_keep_last_and_keep_best_differ_only_when_an_earlier_step_validates_better(store, tmp_path):
+    """Validation at every step of a run with a learning rate that makes it worse: best keeps an earlier step."""
+    config = {"model": MODEL, "stage1": {"steps": 6, "batch_size": 4, "validate_every": 1, "lr": 0.3,
+                                         "gan_weight": 0.0}}
+    cli(*stage1_args(store, tmp_path / "best.pt", config, tmp_path))
+    last = {**config, "stage1": {**config["stage1"], "keep": "last"}}
+    cli(*stage1_args(store, tmp_path / "last.pt", last, tmp_path))
+    best, final = (torch.load(tmp_path / f"{k}.pt", weights_only=True) for k in ("best", "last"))
+    assert final["step"] == 6 and best["step"] < 6
+    assert best["metrics"]["val/psnr_stage1_one_missing"] > final["metrics"]["val/psnr_stage1_one_missing"]
+    with pytest.raises(AssertionError):
+        assert_same_weights(tmp_path / "best.pt", tmp_path / "last.pt", atol=1e-6)
+
+
+def test_training_flops_are_three_forward_passes_counted_by_hand(store):
+    """The direct regressor's step: 3 x its forward FLOPs, counted here from each convolution's shape."""
+    from codebrain.training.config import DirectExperiment
+    from codebrain.training.direct import DirectStage
+    from codebrain.training.loop import TrainingBatch, counting_flops, make_accelerator
+
+    experiment = DirectExperiment.from_dict({"method": "direct", "model": MODEL, "train": {"batch_size": 4}},
+                                            CONTRASTS)
+    stage = DirectStage(experiment, make_accelerator())
+    macs = []
+
+    def count(conv, inputs, output):  # output elements x (input channels per group x kernel area)
+        macs.append(output.numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
+
+    hooks = [m.register_forward_hook(count) for m in stage.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    image = torch.from_numpy(np.load(store / "train.npy")[:4].astype(np.float32))
+    batch = TrainingBatch(image, torch.tensor([[True, False, True]] * 4), torch.zeros(4, dtype=torch.long), None, 0)
+    _, flops = counting_flops(stage.accelerator, stage.train_step, batch, lambda losses: None)
+    for hook in hooks:
+        hook.remove()
+    assert any(m.groups > 1 for m in stage.model.modules() if isinstance(m, torch.nn.Conv2d))  # depthwise ones too
+    assert flops == 3 * 2 * sum(macs)
+
+
+def test_stage1_flops_add_up_over_its_two_phases(store, tmp_path):
+    """GAN from half the steps: the FLOPs are the mean of a run with the GAN throughout and one without."""
+    flops = {}
+    for name, gan in {"none": {"gan_weight": 0.0}, "all": {"gan_start": 0.0}, "half": {"gan_start": 0.5}}.items():
+        config = {"model": MODEL, "stage1": {"steps": 4, "batch_size": 4, "validate_every": 100, **gan}}
+        cli(*stage1_args(store, tmp_path / f"{name}.pt", config, tmp_path))
+        flops[name] = torch.load(tmp_path / f"{name}.pt", weights_only=True)["metrics"]["train/flops"]
+    assert flops["none"] < flops["half"] < flops["all"]
+    assert flops["half"] == (flops["none"] + flops["all"]) / 2
+
+
+def test_code_map_weights_favour_missing_contrasts():
+    from codebrain.training.stage2 import code_map_weights
+
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    assert code_map_weights(mask, 1.0) is None
+    assert code_map_weights(mask, 4.0).tolist() == [[1.0, 4.0, 1.0], [4.0, 4.0, 1.0]]
+
+
 def test_refusals_name_the_mismatch(trained, store, tmp_path):
     other_store = tmp_path / "other"
     other_store.mkdir()
@@ -193,11 +268,13 @@ def test_refusals_name_the_mismatch(trained, store, tmp_path):
                                       "levels": [8, 8, 8, 5, 5, 5]}},
     {"model": {"quantiser": "vq", "codebook_size": 300}},
     {"model": {"quantiser": "continuous", "common_features": False}},
+    {"model": {"decoder_skips": False, "prior_availability": True, "prior_decode": "expected"},
+     "stage2": {"code_missing_weight": 4.0}},
 ])
 def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, variant):
     config = {"protocol": variant.get("protocol", "paper"), "model": {**MODEL, **variant["model"]},
               "stage1": {"steps": 3, "batch_size": 4, "validate_every": 3, "gan_start": 0.3},
-              "stage2": {"steps": 2, "batch_size": 4, "validate_every": 2}}
+              "stage2": {"steps": 2, "batch_size": 4, "validate_every": 2, **variant.get("stage2", {})}}
     cli(*stage1_args(store, tmp_path / "stage1.pt", config, tmp_path))
     cli("cache-codes", "--store", store, "--stage1", tmp_path / "stage1.pt", "--out-dir", tmp_path / "codes",
         "--contrasts", *CONTRASTS, "--results", tmp_path)
@@ -205,8 +282,8 @@ def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, vari
         tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path)
     codes = np.load(tmp_path / "codes" / "train.npy")
     expected = {"release": (np.uint8, (16, 1, 6, 4, 4)), "vq": (np.uint16, (16, 3, 1, 4, 4)),
-                "continuous": (np.float16, (16, 3, 3, 4, 4))}
-    kind = variant.get("protocol") or variant["model"]["quantiser"]
+                "continuous": (np.float16, (16, 3, 3, 4, 4)), "fsq": (np.uint8, (16, 3, 3, 4, 4))}
+    kind = variant.get("protocol") or variant["model"].get("quantiser", "fsq")
     assert (codes.dtype, codes.shape) == expected[kind]
     metrics = torch.load(tmp_path / "stage2.pt", weights_only=True)["metrics"]
     assert np.isfinite(metrics["val/psnr_stage2"])
@@ -461,11 +538,13 @@ def test_code_diagnostics_of_a_perfect_prior_and_the_evaluation_means():
     stage1 = Reconstructor(cfg)
 
     class Oracle(torch.nn.Module):  # "predicts" the true codes of the (unmasked) image it was handed last
-        def forward(self, masked):
+        def forward(self, masked, scenario_mask):
             return self.image
 
         def predict(self, image):
             return stage1.encode(image)
+
+        decoded_codes = predict
 
     oracle = Oracle()
     imputer = CodeBrainImputer(stage1, oracle)
@@ -484,3 +563,14 @@ def test_code_diagnostics_of_a_perfect_prior_and_the_evaluation_means():
     means = code_means(table)
     assert list(means.target) == ["T1", "T2", "PD"] and (means.code_accuracy_brain == 1).all()
     assert "whole codes right (brain)" in code_table(means)
+
+
+@pytest.mark.parametrize("config_name", ["config.yaml", "brats-sample.yaml", "phantom-ixi.yaml"])
+def test_shipped_configs_give_codebrain_and_the_regressor_the_same_training_flops(config_name):
+    import yaml
+
+    from codebrain.training.budget import config_flops
+
+    flops = config_flops(yaml.safe_load((REPO / "config" / config_name).read_text()))
+    codebrain, direct = sum(flops["codebrain"].values()), flops["direct"]["direct"]
+    assert direct == pytest.approx(codebrain, rel=0.001)  # within one regressor step

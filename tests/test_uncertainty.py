@@ -63,11 +63,11 @@ def test_a_certain_prior_gives_zero_std_and_the_hard_image():
     codes = torch.randint(0, cfg.levels[0], (2 * cfg.n_code_maps, cfg.code_dim, h, h))
     bits = torch.cat([level_to_bits(codes[:, i], n) for i, n in enumerate(cfg.levels)], 1)
     certain = ((2 * bits - 1) * 20).unflatten(0, (2, cfg.n_code_maps))  # B x maps x channels x h x w
-    prior.forward = lambda masked: certain
+    prior.forward = lambda masked, scenario_mask: certain
     result = sample_imputations(stage1, prior, image, available, samples=6, seed=1)
     assert torch.count_nonzero(result["std"]) == 0
     assert torch.allclose(result["mean"], result["hard"]) and torch.equal(result["hard"][:, 0], image[:, 0])
-    prior.forward = lambda masked: torch.zeros_like(certain)
+    prior.forward = lambda masked, scenario_mask: torch.zeros_like(certain)
     unsure = sample_imputations(stage1, prior, image, available, samples=6, seed=1)
     assert (unsure["std"][:, 1:] > 0).any() and torch.count_nonzero(unsure["std"][:, 0]) == 0
     assert torch.equal(unsure["std"], sample_imputations(stage1, prior, image, available, samples=6, seed=1)["std"])

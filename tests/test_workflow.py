@@ -293,6 +293,35 @@ def test_experiments_side_by_side(workdir):
     assert "| ce | CodeBrain |" in (metrics / "summary.md").read_text()
 
 
+def test_summary_shows_training_flops_and_wall_time_per_method(workdir):
+    """FLOPs from the checkpoints' counts, wall time from the training jobs' Snakemake benchmarks."""
+    import pandas as pd
+    import torch
+
+    path, _ = workdir
+    results = path / "results" / "tiny"
+    table = pd.read_csv(results / "metrics" / "summary.csv")
+    rows = table[table.group == "ALL"].set_index(["experiment", "method"])
+    stage1 = torch.load(results / "models" / "codebrain" / "stage1.pt", weights_only=True)["metrics"]["train/flops"]
+    stage2 = torch.load(results / "models" / "codebrain" / "stage2.pt", weights_only=True)["metrics"]["train/flops"]
+    assert rows.loc[("codebrain", "CodeBrain (Stage I)"), "train_flops"] == pytest.approx(stage1)
+    assert rows.loc[("codebrain", "CodeBrain"), "train_flops"] == pytest.approx(stage1 + stage2)
+    direct = torch.load(results / "models" / "direct" / "direct.pt", weights_only=True)["metrics"]["train/flops"]
+    assert rows.loc[("direct", "direct regressor"), "train_flops"] == pytest.approx(direct) and direct > 0
+    from codebrain.training.budget import config_flops  # the count before training = what the runs counted
+
+    planned = config_flops(yaml.safe_load(TINY.read_text()))
+    assert planned["codebrain"] == {"stage1": stage1, "stage2": stage2} and planned["direct"]["direct"] == direct
+    benchmarks = results / "benchmarks"
+    seconds = sum(pd.read_csv(benchmarks / job / "codebrain.tsv", sep="\t")["s"].iloc[-1]
+                  for job in ("train_stage1", "cache_codes", "train_stage2"))
+    assert rows.loc[("codebrain", "CodeBrain"), "train_wall_s"] == pytest.approx(seconds, rel=1e-3)
+    assert np.isnan(rows.loc[("-", "zero imputation"), "train_flops"])
+    line = next(li for li in (results / "metrics" / "summary.md").read_text().splitlines()
+                if li.startswith("| direct | direct regressor |"))
+    assert line.split("|")[-3].strip() == f"{direct / 1e15:.4g}"
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, artefacts proxied), as a lab would run it."""

@@ -36,7 +36,8 @@ def cmd_compare(args):
 
     with step_run(args, "compare_experiments", "compare_experiments") as tracker:
         markdown = compare_experiments({name: Path(path) for name, path in named_files(args.summary).items()},
-                                       Path(args.out), Path(args.markdown))
+                                       Path(args.out), Path(args.markdown),
+                                       Path(args.benchmarks) if args.benchmarks else None)
         tracker.log_artifact(args.out)
         tracker.log_artifact(args.markdown)
     print(markdown)
@@ -171,6 +172,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--summary", action="append", required=True, metavar="EXPERIMENT=SUMMARY_CSV")
     p.add_argument("--out", required=True)
     p.add_argument("--markdown", required=True)
+    p.add_argument("--benchmarks", help="the workflow's benchmarks folder: training wall time per method")
     add_tracking_arguments(p)
     p.set_defaults(func=cmd_compare)
 

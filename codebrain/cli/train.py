@@ -1,5 +1,6 @@
 """Training steps, in DAG order: train-stage1 -> cache-codes -> train-stage2; train-direct (the baseline);
-with-gpus (how the rules claim devices) and model-size (parameters and MACs of a config)."""
+with-gpus (how the rules claim devices), model-size (parameters and MACs of a config) and training-flops (the
+compute of a config's experiments)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ def cmd_model_size(args):
     print(format_table(complexity(experiment.model, args.size), args.size))
 
 
+def cmd_training_flops(args):
+    import yaml
+
+    from codebrain.training.budget import config_flops
+
+    try:
+        config = yaml.safe_load(Path(args.configfile).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{args.configfile}: not a readable YAML config ({err})") from None
+    print(f"{'experiment':<16} {'stage':<8} {'PFLOPs':>10}")
+    for name, stages in config_flops(config).items():
+        for stage, flops in stages.items():
+            print(f"{name:<16} {stage:<8} {flops / 1e15:>10.4g}")
+        if len(stages) > 1:
+            print(f"{name:<16} {'total':<8} {sum(stages.values()) / 1e15:>10.4g}")
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("train-stage1", help="Stage I: codes + common features + decoder (run under accelerate launch)")
     add_run_arguments(p)
@@ -133,3 +151,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", default="{}", help="experiment section: JSON, or a YAML/JSON file (e.g. config/models/paper.yaml)")
     p.add_argument("--size", type=int, default=256)
     p.set_defaults(func=cmd_model_size)
+
+    p = sub.add_parser("training-flops", help="training FLOPs of each experiment of a workflow config, before training")
+    p.add_argument("configfile", help="a workflow config (e.g. config/config.yaml)")
+    p.set_defaults(func=cmd_training_flops)

@@ -29,14 +29,32 @@ METRICS = ["psnr", "ssim", "mae"]
 GROUPS = {"O->O": "one_to_one", "M->O": "many_to_one", "ALL": "all"}  # group -> its MLflow metric prefix
 
 
+# The training jobs behind each method, as the workflow names their benchmark files (benchmarks/<job>/<experiment>.tsv)
+TRAINING_JOBS = {"stage1": ["train_stage1"], "stage2": ["train_stage1", "cache_codes", "train_stage2"],
+                 "direct": ["train_direct"]}
+
+
 def load_imputer(checkpoint: str | Path, contrasts: list[str] | None, device="cpu") -> tuple[object, str]:
     """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint (refused if
     trained on other contrasts than `contrasts`, when given)."""
     payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)} if contrasts else None)
+    return imputer_from(payload, device)
+
+
+def imputer_from(payload: dict, device="cpu") -> tuple[object, str]:
     if payload["kind"] == "direct":
         return DirectImputer(direct_from(payload).to(device)), "direct"
     stage1, prior, _ = codebrain_from(payload)
     return CodeBrainImputer(stage1.to(device), prior.to(device)), "stage2"
+
+
+def training_flops(payload: dict) -> dict[str, float]:
+    """Training FLOPs behind each method of a checkpoint: CodeBrain is Stage I + Stage II, its Stage I row Stage I
+    alone (NaN for checkpoints from before FLOPs were counted)."""
+    if payload["kind"] == "direct":
+        return {"direct": payload["metrics"].get("train/flops", np.nan)}
+    stage1 = payload["stage1"]["metrics"].get("train/flops", np.nan)
+    return {"stage1": stage1, "stage2": stage1 + payload["metrics"].get("train/flops", np.nan)}
 
 
 def logged_metrics(means: pd.DataFrame, split: str, codes: pd.DataFrame | None = None) -> dict[str, float]:
@@ -174,7 +192,7 @@ def code_map_figure(imputer, slices, contrasts, path: Path, index: int) -> None:
         if not stage1.cfg.joint_code:
             available[m] = False
         masked = image * torch.from_numpy(available)[None, :, None, None]
-        predicted = prior.predict(prior(masked))[0, m]
+        predicted = prior.predict(prior(masked, torch.from_numpy(available)[None]))[0, m]
         name = "joint" if stage1.cfg.joint_code else contrasts[m]
         rows += [(f"{name} Stage I", true_codes[m]), (f"{name} predicted", predicted)]
     d = stage1.cfg.code_dim
@@ -202,13 +220,15 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
     (CodeBrain with FSQ codes), also uncertainty.csv and uncertainty.png (evaluation/uncertainty.py)."""
     device = default_device()
     slices, _ = open_store(store, split, contrasts)
-    imputer, method = load_imputer(checkpoint, contrasts, device)
+    payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)})
+    imputer, method = imputer_from(payload, device)
     table = evaluate_scenarios(imputer, slices, contrasts, device, batch_size, brain=True)
     table["method"] = table.method.map(METHOD_NAMES)
     table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")
     columns = ["scenario", "target", "n_inputs", "method"] + [c for c in table.columns if c.split("_")[0] in METRICS]
     table = table[columns + [c for c in CODE_METRICS if c in table]]
     means, codes = group_means(table), code_means(table)
+    means["train_flops"] = means.method.map({METHOD_NAMES[m]: f for m, f in training_flops(payload).items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     with write_atomic(out_dir / "scenarios.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
@@ -232,23 +252,40 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
     return means, codes
 
 
-def compare_experiments(summaries: dict[str, Path], out: Path, markdown: Path) -> str:
+def training_seconds(benchmarks: Path, experiment: str, method: str) -> float:
+    """Wall seconds of the training jobs behind a method, from Snakemake's benchmark files (the last attempt of
+    each job: a resumed job counts from its resume); NaN where one is missing."""
+    if method not in TRAINING_JOBS:
+        return float("nan")
+    files = [benchmarks / job / f"{experiment}.tsv" for job in TRAINING_JOBS[method]]
+    if not all(f.is_file() for f in files):
+        return float("nan")
+    return float(sum(pd.read_csv(f, sep="\t")["s"].iloc[-1] for f in files))
+
+
+def compare_experiments(summaries: dict[str, Path], out: Path, markdown: Path, benchmarks: Path | None = None) -> str:
     """Each experiment's group means side by side (zero imputation once), as CSV at `out` and a markdown
-    table at `markdown` (returned): the ablation table."""
+    table at `markdown` (returned): the ablation table, with each method's training FLOPs (from its
+    checkpoint) and, given the workflow's benchmarks folder, the wall time of its training jobs."""
+    method_ids = {name: method for method, name in METHOD_NAMES.items()}
     frames = []
     for name, path in summaries.items():
         frame = pd.read_csv(path)
         frame.insert(0, "experiment", name)
+        if benchmarks is not None:
+            frame["train_wall_s"] = [training_seconds(benchmarks, name, method_ids[m]) for m in frame.method]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     zero = table.method == METHOD_NAMES["zero"]
     table = pd.concat([table[zero].drop_duplicates(["group", "method"]).assign(experiment="-"), table[~zero]])
-    lines = ["| experiment | method | " + " | ".join(f"{g} PSNR / SSIM / MAE" for g in ("O->O", "M->O", "ALL")) + " |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| experiment | method | " + " | ".join(f"{g} PSNR / SSIM / MAE" for g in ("O->O", "M->O", "ALL"))
+             + " | training PFLOPs | training wall (min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for (experiment, method), rows in table.groupby(["experiment", "method"], sort=False):
         by_group = rows.set_index("group")
         cells = [" / ".join(f"{by_group.loc[g, k]:.2f}" for k in METRICS) for g in ("O->O", "M->O", "ALL")]
-        lines.append(f"| {experiment} | {method} | " + " | ".join(cells) + " |")
+        flops, wall = (rows[k].iloc[0] if k in rows else float("nan") for k in ("train_flops", "train_wall_s"))
+        cost = [f"{flops / 1e15:.4g}" if np.isfinite(flops) else "-", f"{wall / 60:.1f}" if np.isfinite(wall) else "-"]
+        lines.append(f"| {experiment} | {method} | " + " | ".join(cells + cost) + " |")
     text = "\n".join(lines) + "\n"
     with write_atomic(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

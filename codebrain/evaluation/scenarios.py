@@ -80,15 +80,18 @@ class CodeBrainImputer:
         masked = image * mask[None, :, None, None]  # M_s
         common = self.stage1.common_features(masked)  # F_c
         codes = {"stage1": self.stage1.encode(image)} if self.reconstruct else {}  # B x n_code_maps x d' x h x w
+        decoded = dict(codes)  # what D_a decodes per method
         if self.prior is not None:
-            codes["stage2"] = self.prior.predict(self.prior(masked))
+            logits = self.prior(masked, mask[None].expand(len(image), -1))
+            codes["stage2"] = self.prior.predict(logits)
+            decoded["stage2"] = self.prior.decoded_codes(logits)  # the codes, or expected levels (prior_decode)
         outputs = {method: masked.clone() for method in codes}
         diagnose = len(codes) == 2 and self.stage1.quantiser.discrete
         levels = self.stage1.quantiser.level_counts is not None
         brain = code_brain(image, codes["stage1"].shape[-1]) if diagnose else None
         diagnostics = {}
         for t in np.flatnonzero(~available):
-            for method, method_codes in codes.items():
+            for method, method_codes in decoded.items():
                 outputs[method][:, t] = self.stage1.decode_code(method_codes, common, int(t))
             if diagnose:
                 code_map = 0 if self.stage1.cfg.joint_code else int(t)

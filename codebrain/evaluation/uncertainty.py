@@ -41,7 +41,7 @@ def sample_imputations(stage1, prior, image: torch.Tensor, available: np.ndarray
     mask = torch.from_numpy(available).to(image.device)
     masked = image * mask[None, :, None, None]  # M_s
     common = stage1.common_features(masked)  # F_c, once
-    logits = prior(masked)  # E_prior, once
+    logits = prior(masked, mask[None].expand(len(image), -1))  # E_prior, once
     hard_codes = prior.predict(logits)
     generator = torch.Generator(device=image.device).manual_seed(seed)
     drawn = sample_levels(prior.distribution(logits), samples, generator)  # K x B x maps x d x h x w

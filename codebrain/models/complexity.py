@@ -35,7 +35,7 @@ def complexity(cfg: ModelConfig, size: int = 256) -> dict[str, tuple[int, int]]:
             "E_posterior": (stage1.posterior, macs(stage1.posterior, image)),
             "E_s": (stage1.common, macs(stage1.common_features, stack) if stage1.common is not None else 0),
             "D_a": (stage1.decoder, macs(stage1.decoder, latent, common)),
-            "E_prior": (prior, macs(prior, stack)),
+            "E_prior": (prior, macs(prior, stack, torch.ones(1, n, dtype=torch.bool))),
         }
     table = {name: (sum(p.numel() for p in module.parameters()) if module is not None else 0, mac)
              for name, (module, mac) in parts.items()}

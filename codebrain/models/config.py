@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 # The keys that shape E_prior alone: changing them retrains Stage II but not Stage I.
-PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss")
+PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss", "prior_availability",
+                "prior_decode")
 # The keys of Stage I that Stage II depends on (its code maps and contrasts): a Stage I that differs is refused.
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
@@ -22,6 +23,7 @@ class ModelConfig:
     common_features: bool = True  # F_c on/off (the paper's ablation)
     joint_code: bool = False  # release: one code map from all N contrasts; D_a outputs all N
     decoder: str = "unet"  # unet (NAFNet with skips from E_s) | wide (release: 1x1 fusion, blocks, PixelShuffle)
+    decoder_skips: bool = True  # unet: E_s's skips into D_a; False: F_c enters at the bottleneck only (release)
     decoder_width: int = 1536
     decoder_blocks: int = 6
     # the code: d dimensions with L levels each (or per-dimension levels, e.g. the release's 8,8,8,5,5,5)
@@ -35,6 +37,8 @@ class ModelConfig:
     prior_enc_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
     prior_middle_blocks: int = 1
     prior_loss: str = "grading"  # grading (ordinal BCE) | ce; vq always ce, continuous l1
+    prior_availability: bool = False  # E_prior also sees the availability bits as constant planes (as the regressor)
+    prior_decode: str = "hard"  # what D_a decodes: hard (the grading count, paper) | expected (sum_j j P(level = j))
     # PatchGAN
     disc_width: int = 64
     disc_layers: int = 3
@@ -46,6 +50,8 @@ class ModelConfig:
         self.levels, self.code_dim = list(self.levels), len(self.levels)
         if self.decoder not in ("unet", "wide"):
             raise ValueError(f"model.decoder: {self.decoder!r} is not unet or wide")
+        if self.prior_decode not in ("hard", "expected"):
+            raise ValueError(f"model.prior_decode: {self.prior_decode!r} is not hard or expected")
         if self.prior_loss not in ("grading", "ce"):
             raise ValueError(f"model.prior_loss: {self.prior_loss!r} is not grading or ce")
         if len(self.dec_blocks) != len(self.enc_blocks):

@@ -57,10 +57,9 @@ class GradingTarget:
         self.channels = sum(n - 1 for n in levels)
 
     def loss(self, logits, codes):
-        """logits B x sum(L_i-1) x h x w, codes B x d x h x w."""
-        chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)
+        """logits B x sum(L_i-1) x h x w, codes B x d x h x w -> B losses, each the mean over its bits."""
         bits = torch.cat([level_to_bits(codes[:, i], n) for i, n in enumerate(self.levels)], 1)
-        return F.binary_cross_entropy_with_logits(torch.cat(chunks, 1).float(), bits)
+        return F.binary_cross_entropy_with_logits(logits.float(), bits, reduction="none").flatten(1).mean(1)
 
     def predict(self, logits):
         chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)
@@ -80,8 +79,10 @@ class ClassTarget:
         self.channels = sum(levels)
 
     def loss(self, logits, codes):
+        """-> B losses, each the mean over dimensions and positions."""
         chunks = torch.split(logits.float(), self.levels, dim=1)
-        return sum(F.cross_entropy(chunk, codes[:, i].long()) for i, chunk in enumerate(chunks)) / len(chunks)
+        return sum(F.cross_entropy(chunk, codes[:, i].long(), reduction="none").flatten(1).mean(1)
+                   for i, chunk in enumerate(chunks)) / len(chunks)
 
     def predict(self, logits):
         chunks = torch.split(logits, self.levels, dim=1)
@@ -100,7 +101,7 @@ class RegressionTarget:
         self.channels = dim
 
     def loss(self, logits, codes):
-        return F.l1_loss(logits.float(), codes.float())
+        return F.l1_loss(logits.float(), codes.float(), reduction="none").flatten(1).mean(1)
 
     def predict(self, logits):
         return logits.float()

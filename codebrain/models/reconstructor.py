@@ -30,10 +30,12 @@ class PosteriorEncoder(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """D_a (paper): concat[code, F_c bottleneck] -> 1x1 fusion -> NAFNet decoder with F_c's skips."""
+    """D_a (paper): concat[code, F_c bottleneck] -> 1x1 fusion -> NAFNet decoder with F_c's skips (decoder_skips;
+    without them the code is the only way past the bottleneck)."""
 
     def __init__(self, cfg: ModelConfig, common_channels: int, out_channels: int):
         super().__init__()
+        self.skips = cfg.decoder_skips
         channels = cfg.width * cfg.downsampling
         self.fuse = nn.Conv2d(cfg.code_dim + common_channels, channels, 1)
         self.middle = blocks(channels, cfg.middle_blocks)
@@ -41,6 +43,7 @@ class UNetDecoder(nn.Module):
 
     def forward(self, latent, common):
         skips, bottleneck = common if common is not None else (None, None)
+        skips = skips if self.skips else None
         x = latent if bottleneck is None else torch.cat([latent, bottleneck], 1)
         return self.decoder(self.middle(self.fuse(x)), skips)
 

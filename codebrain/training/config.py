@@ -36,7 +36,10 @@ class TrainConfig:
     missing_weight: float = 1.0  # PSNR-loss weight on masked contrasts (release: 20)
     available_weight: float = 0.0  # on available ones, joint decoder only (release: 5)
     per_batch_mask: bool = False  # release: one scenario per batch instead of per sample
+    # Stage II only
+    code_missing_weight: float = 1.0  # code-loss weight of a missing contrast's code map against a given one's
     # bookkeeping
+    keep: str = "best"  # best: the checkpoint holds the weights with the best validation one-missing PSNR | last
     checkpoint_every: int = 500
     validate_every: int = 500
     log_every: int = 20
@@ -47,6 +50,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer {self.optimizer!r} is not adam or adamw")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep {self.keep!r} is not best or last")
         if self.gan_loss not in ("vanilla", "lsgan"):
             raise ValueError(f"gan_loss {self.gan_loss!r} is not vanilla or lsgan")
 

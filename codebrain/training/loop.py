@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from codebrain.checkpoints import save_checkpoint
@@ -138,6 +140,26 @@ def check_finite(accelerator, losses: dict, step: int, state) -> None:
                                f"{state.latest() or 'none (no checkpoint written yet)'}")
 
 
+def counting_flops(accelerator, train_step, *args) -> tuple[dict, int]:
+    """(losses, training FLOPs of this step summed over processes): 3 x the forward FLOPs (convolutions and
+    matrix products, 2 per multiply-accumulate) of every network pass in the step, the usual estimate of
+    forward + backward. The backward is not counted itself: torch's FlopCounterMode counts the gradient of a
+    grouped (depthwise) convolution as a dense one's (66x a 64-channel depthwise forward instead of 2x)."""
+    with FlopCounterMode(display=False) as counter:
+        losses = train_step(*args)
+    forward = sum(n for op, n in counter.get_flop_counts()["Global"].items() if not str(op).endswith("_backward"))
+    flops = torch.tensor([3.0 * forward], dtype=torch.float64, device=accelerator.device)
+    return losses, int(accelerator.reduce(flops, "sum").item())
+
+
+def keep_if_best(progress: Progress, metrics: dict, key: str, model) -> None:
+    """Remember the weights (on the CPU) whose validation `key` is the best so far."""
+    score = metrics.get(key)
+    if score is not None and score > progress.best_score:
+        progress.best_score, progress.best_step, progress.best_metrics = score, progress.step, dict(metrics)
+        progress.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def validate(accelerator, imputer, val_slices, contrasts, cfg: TrainConfig, tracker, step: int) -> dict:
     """PSNR over every scenario on the validation split (main process), per method of the imputer
     (CodeBrainImputer: Stage I reconstruction, Stage II imputation and code accuracy) and zero filling."""
@@ -171,6 +193,7 @@ class Stage(Protocol):
     accelerator: Accelerator
     model: torch.nn.Module  # the network the final checkpoint holds (as prepared by Accelerate)
     optimizers: list[tuple[torch.optim.Optimizer, float]]  # (optimizer, base learning rate of its cosine)
+    # optional phase(step) -> str: a stage whose steps differ in cost (Stage I before and after the GAN starts)
 
     def train_step(self, batch: TrainingBatch, guard: Callable[[dict], None]) -> dict[str, torch.Tensor]:
         """Forward, backward and optimiser steps; returns the losses (each passed to guard before its backward)."""
@@ -186,6 +209,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     spec.out at the end. The MLflow run is marked FAILED if anything stops it."""
     accelerator, cfg = stage.accelerator, stage.cfg
     contrasts = stage.model_config.contrasts
+    selected_by = f"val/psnr_{stage.name}_one_missing"  # the paper's model selection
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
     state = ResumeState(spec.out, config_hash(resume_key or section))
@@ -204,7 +228,9 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
 
     device = accelerator.device
     bar = progress_bar(accelerator, cfg.steps, progress.step, stage.name)
-    started, started_step, metrics = time.time(), progress.step, {}
+    started, started_step, wall_before, metrics = time.time(), progress.step, progress.wall_s, {}
+    phase = getattr(stage, "phase", lambda step: "train")  # steps of one phase cost the same FLOPs
+    step_flops = {}  # phase -> FLOPs of one step, counted on its first step in this process
     try:
         while progress.step < cfg.steps:
             _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
@@ -216,22 +242,30 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                                        codes, step)
                 for optimizer, base_lr in stage.optimizers:
                     set_lr(optimizer, cosine_lr(step, cfg, base_lr))
-                losses = stage.train_step(inputs, lambda found: check_finite(accelerator, found, step, state))
+                guard = partial(check_finite, accelerator, step=step, state=state)
+                if phase(step) not in step_flops:
+                    losses, step_flops[phase(step)] = counting_flops(accelerator, stage.train_step, inputs, guard)
+                else:
+                    losses = stage.train_step(inputs, guard)
+                progress.flops += step_flops[phase(step)]
                 progress.step += 1
+                progress.wall_s = wall_before + time.time() - started
 
                 if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
                     samples_per_s = (progress.step - started_step) * cfg.batch_size / (time.time() - started)
                     logged = {f"train/{k}": accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
                     logged.update({"train/lr": stage.optimizers[0][0].param_groups[0]["lr"],
-                                   "train/samples_per_s": samples_per_s})
+                                   "train/samples_per_s": samples_per_s, "train/flops": progress.flops,
+                                   "train/wall_s": progress.wall_s})
                     tracker.log_metrics(logged, progress.step)
                     bar.set_postfix({name: f"{logged[f'train/{name}']:.3f}" for name in losses} |
                                     {"samples_s": f"{samples_per_s:.0f}"}, refresh=False)
                 bar.update(1)
-                if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
-                    state.save(accelerator, progress.step)
                 if progress.step % cfg.validate_every == 0 or progress.step == cfg.steps:
                     metrics = validate(accelerator, stage.imputer(), val_slices, contrasts, cfg, tracker, progress.step)
+                    keep_if_best(progress, metrics, selected_by, accelerator.unwrap_model(stage.model))
+                if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
+                    state.save(accelerator, progress.step)
                 if progress.step >= cfg.steps:
                     break
     except BaseException:
@@ -240,8 +274,13 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     bar.close()
 
     if main:
-        weights = accelerator.unwrap_model(stage.model).state_dict()
-        save_checkpoint(spec.out, stage.name, weights, stage.model_config, progress.step, metrics,
+        weights, step = accelerator.unwrap_model(stage.model).state_dict(), progress.step
+        if cfg.keep == "best" and progress.best_weights is not None:
+            weights, step, metrics = progress.best_weights, progress.best_step, progress.best_metrics
+            tracker.log_metrics({"val/selected_step": step, **{f"selected/{k}": v for k, v in metrics.items()}},
+                                progress.step)
+        metrics = {**metrics, "train/flops": progress.flops, "train/steps": progress.step}
+        save_checkpoint(spec.out, stage.name, weights, stage.model_config, step, metrics,
                         experiment=section, data=dataset.summary, **checkpoint_extra)
         tracker.log_checkpoint(spec.out)
         if stage.name in RANKED_BY:  # an imputer: into the model registry as <dataset>-<experiment>

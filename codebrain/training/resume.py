@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
 @dataclass
 class Progress:
-    """The step counter, saved with Accelerate's state so a resumed run knows where it stopped."""
+    """Saved with Accelerate's state so a resumed run knows where it stopped, what it has spent and the best
+    weights so far: the step counter, training FLOPs (all processes) and wall seconds, and the weights with
+    the best validation score (on the CPU; main process)."""
     step: int = 0
+    flops: int = 0
+    wall_s: float = 0.0
+    best_score: float = float("-inf")
+    best_step: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    best_weights: dict | None = None
 
     def state_dict(self):
-        return {"step": self.step}
+        return asdict(self)
 
     def load_state_dict(self, state):
-        self.step = state["step"]
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 class ResumeState:

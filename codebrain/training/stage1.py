@@ -37,6 +37,9 @@ class StageOne:
         self.optimizers = [(self.opt_g, cfg.lr), (self.opt_d, cfg.disc_lr)]
         self.gan_from = int(cfg.gan_start * cfg.steps) if cfg.gan_weight > 0 else cfg.steps + 1
 
+    def phase(self, step: int) -> str:
+        return "adversarial" if step >= self.gan_from else "reconstruction"
+
     def train_step(self, batch: TrainingBatch, guard) -> dict:
         cfg, joint, accelerator = self.cfg, self.model_config.joint_code, self.accelerator
         self.model.train(), self.disc.train()
@@ -44,7 +47,7 @@ class StageOne:
         reconstruction, _, quantiser_loss = self.model(image, mask, anchor)  # B x out_channels x S x S
         target = image if joint else image[torch.arange(len(image)), anchor][:, None]
         condition = [image * mask[:, :, None, None]] if self.model_config.disc_conditional else []
-        use_gan = batch.step >= self.gan_from
+        use_gan = self.phase(batch.step) == "adversarial"
 
         losses = {}
         if use_gan:  # discriminator step on [real; fake] in one call (one DDP reduction)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 
 from codebrain.checkpoints import config_mismatch, load_stage1
@@ -20,11 +21,21 @@ from codebrain.training.config import Experiment
 from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
 
 
+def code_map_weights(scenario_mask: torch.Tensor, missing_weight: float) -> torch.Tensor | None:
+    """B x N code-loss weights, one per contrast's code map: missing_weight where the contrast is missing, 1 where
+    it is given (None when they are all alike). E_prior's codes of given contrasts are never decoded."""
+    if missing_weight == 1:
+        return None
+    return torch.where(scenario_mask, 1.0, float(missing_weight))
+
+
 class StageTwo:
     name = "stage2"
 
     def __init__(self, experiment: Experiment, accelerator, stage1, model_config: ModelConfig):
         self.cfg, self.model_config, self.accelerator = experiment.stage2, model_config, accelerator
+        if model_config.joint_code and self.cfg.code_missing_weight != 1:
+            raise InputError("stage2.code_missing_weight needs a code map per contrast (model.joint_code is on)")
         set_seed(self.cfg.seed)
         prior = CodePrior(model_config)
         checkpoint_blocks(prior, self.cfg.activation_checkpointing)
@@ -36,8 +47,9 @@ class StageTwo:
     def train_step(self, batch: TrainingBatch, guard) -> dict:
         self.model.train()
         masked = batch.image * batch.scenario_mask[:, :, None, None]  # M_s
-        logits = self.model(masked)
-        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, batch.codes)}
+        logits = self.model(masked, batch.scenario_mask)
+        weights = code_map_weights(batch.scenario_mask, self.cfg.code_missing_weight)
+        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, batch.codes, weights)}
         guard(losses)
         optimise(self.accelerator, self.optimizer, losses["code_loss"], self.model, self.cfg.grad_clip)
         return losses

@@ -148,6 +148,13 @@ def model_checkpoint(experiment):
     return f"{OUT}/models/{experiment}/{kind}.pt"
 
 
+def training_benchmarks(wildcards):
+    """Every training job's benchmark file: the wall times metrics/summary.md shows beside each method."""
+    jobs = ["train_stage1", "cache_codes", "train_stage2"]
+    files = [f"{OUT}/benchmarks/{job}/{name}.tsv" for name in CODEBRAIN_EXPERIMENTS for job in jobs]
+    return files + [f"{OUT}/benchmarks/train_direct/{name}.tsv" for name in DIRECT_EXPERIMENTS]
+
+
 def get_experiment_json(name, stage):
     return experiment_json(EXPERIMENTS[name], stage)
 

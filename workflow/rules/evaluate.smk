@@ -83,7 +83,8 @@ rule impute_test_subjects:
 
 rule compare_experiments:
     input:
-        expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS)),
+        summaries=expand(f"{OUT}/metrics/{{experiment}}/summary.csv", experiment=sorted(EXPERIMENTS)),
+        benchmarks=training_benchmarks,
     output:
         table=report(f"{OUT}/metrics/summary.csv", caption="../report/summary.rst", category="Summary",
                      labels={"table": "all experiments"}),
@@ -91,8 +92,9 @@ rule compare_experiments:
     params:
         tracking=get_tracking_args,
         summaries=lambda wildcards, input: " ".join(
-            f"--summary {name}={path}" for name, path in zip(sorted(EXPERIMENTS), input)
+            f"--summary {name}={path}" for name, path in zip(sorted(EXPERIMENTS), input.summaries)
         ),
+        benchmarks=f"{OUT}/benchmarks",
         code=source_hash("evaluation/evaluate.py"),
     log:
         f"{OUT}/logs/compare_experiments.log",
@@ -105,4 +107,5 @@ rule compare_experiments:
     conda:
         "../../envs/codebrain.yaml"
     shell:
-        "codebrain compare {params.summaries} --out {output.table} --markdown {output.markdown} {params.tracking} > {log} 2>&1"
+        "codebrain compare {params.summaries} --out {output.table} --markdown {output.markdown}"
+        " --benchmarks {params.benchmarks} {params.tracking} > {log} 2>&1"
