@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
@@ -160,6 +161,44 @@ def test_dataset_items_are_deterministic_per_epoch(tmp_path):
         dataset.set_epoch(epoch)
         draws.append([(tuple(dataset.scenario(i).available), dataset.scenario(i).anchor) for i in range(len(dataset))])
     assert len({tuple(d) for d in draws}) > 1
+
+
+def test_augmentation_moves_every_contrast_alike_and_is_repeatable(tmp_path):
+    """A stack of three equal channels stays equal (one transform for the stack); flips and rot90 are exact
+    permutations of the pixels; the same (seed, epoch, index) gives the same transform; a kill-free rerun of an
+    epoch therefore sees the same slices."""
+    from codebrain.data.augment import augment
+
+    make_store(tmp_path)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    plane = np.exp(-((yy - 12) ** 2 + (xx - 18) ** 2) / 60) + 0.1 * ndimage.gaussian_filter(rng.random((32, 32)), 1)
+    stack = np.stack([plane] * 3)
+    for seed in range(20):
+        out = augment(stack, np.random.default_rng(seed), ["flip", "rot90", "affine", "elastic"])
+        assert out.shape == stack.shape and np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
+        again = augment(stack, np.random.default_rng(seed), ["flip", "rot90", "affine", "elastic"])
+        assert np.array_equal(out, again)
+    exact = [augment(stack, np.random.default_rng(seed), ["flip", "rot90"]) for seed in range(20)]
+    assert all(np.array_equal(np.sort(e.ravel()), np.sort(stack.ravel())) for e in exact)  # the same pixels
+    assert sum(not np.array_equal(e, stack) for e in exact) >= 10  # moved in most draws (p = 3/4)
+    smooth = [augment(stack, np.random.default_rng(seed), ["affine"]) for seed in range(8)]
+    moved = [s for s in smooth if not np.array_equal(s, stack)]
+    assert moved and all(np.corrcoef(s[0].ravel(), plane.ravel())[0, 1] > 0.5 for s in moved)  # small transforms
+    with pytest.raises(ValueError, match="unknown kinds"):
+        SliceDataset(tmp_path / "store", "train", augment=["mixup"])
+
+
+def test_augmented_dataset_items_are_deterministic_and_refuse_cached_codes(tmp_path):
+    make_store(tmp_path)
+    plain = SliceDataset(tmp_path / "store", "train", seed=3)
+    augmented = SliceDataset(tmp_path / "store", "train", seed=3, augment=["flip", "rot90"])
+    assert torch.equal(augmented[2]["image"], augmented[2]["image"])
+    assert augmented[2]["image"].dtype == plain[2]["image"].dtype
+    assert any(not torch.equal(augmented[i]["image"], plain[i]["image"]) for i in range(len(plain)))
+    assert torch.equal(augmented[2]["scenario_mask"], plain[2]["scenario_mask"])  # the scenario draw is unchanged
+    with pytest.raises(ValueError, match="cached codes"):
+        SliceDataset(tmp_path / "store", "train", codes_dir=tmp_path, augment=["flip"])
 
 
 BRATS18 = REALDATA / "brats2018" / "Brats18_TCIA01_425_1"

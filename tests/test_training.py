@@ -270,10 +270,11 @@ def test_refusals_name_the_mismatch(trained, store, tmp_path):
     {"model": {"quantiser": "continuous", "common_features": False}},
     {"model": {"decoder_skips": False, "prior_availability": True, "prior_decode": "expected"},
      "stage2": {"code_missing_weight": 4.0}},
+    {"model": {}, "stage1": {"augment": ["flip", "rot90", "affine", "elastic"]}, "stage2": {"augment": ["flip"]}},
 ])
 def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, variant):
     config = {"protocol": variant.get("protocol", "paper"), "model": {**MODEL, **variant["model"]},
-              "stage1": {"steps": 3, "batch_size": 4, "validate_every": 3, "gan_start": 0.3},
+              "stage1": {"steps": 3, "batch_size": 4, "validate_every": 3, "gan_start": 0.3, **variant.get("stage1", {})},
               "stage2": {"steps": 2, "batch_size": 4, "validate_every": 2, **variant.get("stage2", {})}}
     cli(*stage1_args(store, tmp_path / "stage1.pt", config, tmp_path))
     cli("cache-codes", "--store", store, "--stage1", tmp_path / "stage1.pt", "--out-dir", tmp_path / "codes",

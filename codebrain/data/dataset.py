@@ -1,8 +1,8 @@
 """Training slices from the memory-mapped store, each with a random missing-contrast scenario.
 
 A scenario (docs/design.md, "The method"): pick k in [1, N-1], mask k random contrasts, pick the anchor among the
-masked ones. The draw depends only on (seed, epoch, index), so a resumed run sees the same
-scenarios in the same order.
+masked ones. The draw (and the augmentation's, when on) depends only on (seed, epoch, index), so a
+resumed run sees the same scenarios and transforms in the same order.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from codebrain.data.augment import augment, check_kinds
 from codebrain.io import InputError
 
 
@@ -68,10 +69,13 @@ class SliceDataset(Dataset):
     """
 
     def __init__(self, store_dir, split: str, contrasts: list[str] | None = None, seed: int = 0,
-                 codes_dir: str | Path | None = None):
+                 codes_dir: str | Path | None = None, augment: list[str] | tuple = ()):
         self.slices, self.summary = open_store(store_dir, split, contrasts)
         self.contrasts = self.summary["contrasts"]
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.augment = seed, 0, list(augment)
+        check_kinds(self.augment)
+        if self.augment and codes_dir is not None:
+            raise ValueError("cached codes belong to the stored slices, not to augmented ones")
         self.codes = open_codes(codes_dir, split, len(self.slices)) if codes_dir is not None else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -85,6 +89,9 @@ class SliceDataset(Dataset):
 
     def item(self, image: np.ndarray, index: int, codes: np.ndarray | None) -> dict:
         scenario = self.scenario(index)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+            image = augment(image.astype(np.float32), rng, self.augment).astype(image.dtype)
         item = {"image": torch.from_numpy(image), "scenario_mask": torch.from_numpy(scenario.available),
                 "anchor": scenario.anchor}
         if codes is not None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from codebrain.data.augment import KINDS as AUGMENT_KINDS, check_kinds
 from codebrain.models.config import PRIOR_FIELDS, ModelConfig
 
 
@@ -36,6 +37,7 @@ class TrainConfig:
     missing_weight: float = 1.0  # PSNR-loss weight on masked contrasts (release: 20)
     available_weight: float = 0.0  # on available ones, joint decoder only (release: 5)
     per_batch_mask: bool = False  # release: one scenario per batch instead of per sample
+    augment: list[str] = field(default_factory=list)  # flip, rot90, affine, elastic (data/augment.py), p = 1/2 each
     # Stage II only
     code_missing_weight: float = 1.0  # code-loss weight of a missing contrast's code map against a given one's
     # bookkeeping
@@ -50,6 +52,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer {self.optimizer!r} is not adam or adamw")
+        check_kinds(self.augment)
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep {self.keep!r} is not best or last")
         if self.gan_loss not in ("vanilla", "lsgan"):
@@ -63,9 +66,9 @@ PROTOCOLS = {
                   "decoder_blocks": 6, "common_width": 96, "prior_width": 96, "disc_conditional": True},
         "stage1": {"optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5, "betas": [0.9, 0.9], "missing_weight": 20.0,
                    "available_weight": 5.0, "gan_loss": "lsgan", "gan_weight": 0.1, "gan_start": 0.2,
-                   "disc_lr": 5e-5, "disc_betas": [0.5, 0.9], "per_batch_mask": True},
+                   "disc_lr": 5e-5, "disc_betas": [0.5, 0.9], "per_batch_mask": True, "augment": list(AUGMENT_KINDS)},
         "stage2": {"optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5, "betas": [0.9, 0.9], "gan_weight": 0.0,
-                   "per_batch_mask": True},
+                   "per_batch_mask": True, "augment": list(AUGMENT_KINDS)},
     },
 }
 

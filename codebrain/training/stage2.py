@@ -49,7 +49,11 @@ class StageTwo:
         masked = batch.image * batch.scenario_mask[:, :, None, None]  # M_s
         logits = self.model(masked, batch.scenario_mask)
         weights = code_map_weights(batch.scenario_mask, self.cfg.code_missing_weight)
-        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, batch.codes, weights)}
+        codes = batch.codes
+        if codes is None:  # augmented slices: their codes come from Stage I now, not from the cache
+            with torch.no_grad():
+                codes = self.stage1.encode(batch.image)
+        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, codes, weights)}
         guard(losses)
         optimise(self.accelerator, self.optimizer, losses["code_loss"], self.model, self.cfg.grad_clip)
         return losses
