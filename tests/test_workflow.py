@@ -322,6 +322,28 @@ def test_summary_shows_training_flops_and_wall_time_per_method(workdir):
     assert line.split("|")[-3].strip() == f"{direct / 1e15:.4g}"
 
 
+def test_convergence_study_reads_the_runs_validation_curves(workdir, tmp_path):
+    """bench/convergence.py on the tiny DAG's store: a curve per training run, the last point at the FLOPs the
+    checkpoint counted (Stage II's with Stage I's added)."""
+    import torch
+
+    path, _ = workdir
+    figure = tmp_path / "convergence.png"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "convergence.py"), "results/tiny", "--out", figure],
+                            cwd=path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert figure.stat().st_size > 5000
+    models = path / "results" / "tiny" / "models"
+    flops = {name: torch.load(models / name[0] / f"{name[1]}.pt", weights_only=True)["metrics"]["train/flops"]
+             for name in [("codebrain", "stage1"), ("codebrain", "stage2"), ("direct", "direct")]}
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[3].strip()
+            for line in result.stdout.splitlines() if line.startswith("| codebrain") or line.startswith("| direct")}
+    stage1, stage2 = flops[("codebrain", "stage1")], flops[("codebrain", "stage2")]
+    assert float(rows[("codebrain", "Stage I (own code: ceiling)")]) == pytest.approx(stage1 / 1e15, rel=1e-3)
+    assert float(rows[("codebrain", "CodeBrain (Stage II)")]) == pytest.approx((stage1 + stage2) / 1e15, rel=1e-3)
+    assert float(rows[("direct", "direct regressor")]) == pytest.approx(flops[("direct", "direct")] / 1e15, rel=1e-3)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, artefacts proxied), as a lab would run it."""
