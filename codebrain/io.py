@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,25 @@ def write_atomic(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def scratch_folder(folder: str | Path, prefix: str, as_tempdir: bool = False):
+    """Yield a temporary folder `<folder>/<prefix>*`, removed on exit; folders of that prefix that a killed run left
+    there (a SIGKILL skips the removal) are swept first. as_tempdir: also the process's temporary folder meanwhile,
+    for third-party code that makes its own temporary files (MLflow's model logging) and cannot be told where."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{glob.escape(prefix)}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=folder) as scratch:
+        if as_tempdir:
+            tempfile.tempdir = scratch
+        try:
+            yield Path(scratch)
+        finally:
+            tempfile.tempdir = previous
 
 
 def default_device() -> str:

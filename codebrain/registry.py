@@ -30,15 +30,17 @@ def log_imputer(checkpoint: Path, name: str, kind: str, metrics: dict) -> str:
 
     from codebrain import __version__
     from codebrain.checkpoints import load_checkpoint
-    from codebrain.io import sha256sum
+    from codebrain.io import scratch_folder, sha256sum
 
     payload = load_checkpoint(checkpoint, kind)
     size = (payload.get("stage1", payload).get("data") or payload.get("data") or {}).get("size", 64)
-    info = mlflow.pyfunc.log_model(
-        name="imputer", python_model=str(MODEL_CODE), artifacts={"checkpoint": str(checkpoint)},
-        signature=signature(payload["model_config"]["contrasts"], size), registered_model_name=name,
-        pip_requirements=[f"codebrain=={__version__}", f"torch=={__import__('torch').__version__}"],
-        metadata={"kind": kind, "contrasts": payload["model_config"]["contrasts"]})
+    # MLflow stages the model in temporary folders; beside the checkpoint, a killed job's are swept by its rerun
+    with scratch_folder(Path(checkpoint).parent, f".{Path(checkpoint).name}.mlflow-", as_tempdir=True):
+        info = mlflow.pyfunc.log_model(
+            name="imputer", python_model=str(MODEL_CODE), artifacts={"checkpoint": str(checkpoint)},
+            signature=signature(payload["model_config"]["contrasts"], size), registered_model_name=name,
+            pip_requirements=[f"codebrain=={__version__}", f"torch=={__import__('torch').__version__}"],
+            metadata={"kind": kind, "contrasts": payload["model_config"]["contrasts"]})
     client, version = MlflowClient(), str(info.registered_model_version)
     client.set_model_version_tag(name, version, "checkpoint.sha256", sha256sum(checkpoint))
     score = metrics.get(RANKED_BY[kind])

@@ -189,6 +189,25 @@ def test_a_part_file_left_by_a_killed_writer_is_swept_by_the_next_write(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npy.k1ll3d.part.npy", "codes.npy"]
 
 
+def test_a_scratch_folder_left_by_a_killed_run_is_swept_and_third_party_temporary_files_go_there(tmp_path):
+    """What MLflow's model logging stages (in tempfile's folder) lands beside the checkpoint, where the rerun
+    sweeps what a SIGKILL left; the process's temporary folder is restored after."""
+    import tempfile
+
+    from codebrain.io import scratch_folder
+
+    stale = tmp_path / ".stage2.pt.mlflow-k1ll3d"
+    stale.mkdir()
+    (stale / "MLmodel").write_text("half staged")
+    before = tempfile.gettempdir()
+    with scratch_folder(tmp_path, ".stage2.pt.mlflow-", as_tempdir=True) as scratch:
+        assert not stale.exists() and scratch.parent == tmp_path
+        staged = Path(tempfile.mkdtemp())  # as mlflow.utils.file_utils.TempDir does
+        assert staged.parent == scratch
+    assert tempfile.gettempdir() == before and not scratch.exists() and not staged.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_checkpoint_saved_twice_is_the_same_bytes(tmp_path):
     """So that a step rerun after a kill can be compared with the uninterrupted run to the bit."""
     config = ModelConfig(contrasts=CONTRASTS, **MODEL)

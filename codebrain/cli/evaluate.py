@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from codebrain.cli.common import add_run_arguments, add_tracking_arguments, config_section, named_files, step_run
-from codebrain.io import InputError, default_device
+from codebrain.io import InputError, default_device, scratch_folder
 
 
 def cmd_evaluate(args):
@@ -95,8 +95,6 @@ def cmd_evaluate_segmentation(args):
 
 
 def cmd_impute(args):
-    import shutil
-
     from codebrain.checkpoints import load_codebrain
     from codebrain.evaluation.impute import impute_scans, std_path
     from codebrain.registry import resolve_model
@@ -112,13 +110,9 @@ def cmd_impute(args):
     if "size" not in data:
         raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
     device = default_device()
-    work_dir = out.parent / f".{out.name}.register"  # beside the output: what a killed run left, the next one sweeps
-    shutil.rmtree(work_dir, ignore_errors=True)
-    try:
+    with scratch_folder(out.parent, f".{out.name}.register") as work_dir:  # beside the output, swept if left
         report = impute_scans(stage1.to(device), prior.to(device), data, inputs, args.target, out, args.register,
                               args.outside, work_dir, args.uncertainty)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
     if report["std"]:

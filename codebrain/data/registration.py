@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import ants
 import numpy as np
 
-from codebrain.io import write_atomic
+from codebrain.io import scratch_folder, write_atomic
 from codebrain.data.nifti import load_volume
 
 TRANSFORM_TYPES = {"rigid": "Rigid", "affine": "Affine"}
@@ -39,10 +38,8 @@ def register_subject(files: dict[str, Path], reference: str, out_dir: Path, meth
         load_volume(path)  # clear errors for corrupt, 4D or NaN input before ANTs sees it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".ants-*"):  # what a killed registration of this subject left
-        shutil.rmtree(stale, ignore_errors=True)
     # ANTs writes its transforms under a prefix, by default in the system temporary folder and never removed
-    with tempfile.TemporaryDirectory(prefix=".ants-", dir=out_dir) as ants_dir:
+    with scratch_folder(out_dir, ".ants-") as ants_dir:
         fixed = ants.image_read(str(files[reference]), pixeltype="float")
         qc = {"reference": reference, "method": method, "contrasts": {}}
         for contrast, path in files.items():

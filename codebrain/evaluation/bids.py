@@ -9,13 +9,12 @@ desc-uncertainty_<suffix> for the per-voxel std when asked; dataset_description.
 from __future__ import annotations
 
 import json
-import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codebrain import __version__
-from codebrain.io import InputError, sha256sum, write_atomic
+from codebrain.io import InputError, scratch_folder, sha256sum, write_atomic
 
 BIDS_VERSION = "1.10.0"
 # contrast -> (BIDS suffix, entities before desc): the anatomical suffixes of the BIDS specification
@@ -138,10 +137,8 @@ def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: dict, loade
 
     stage1, prior, data = loaded
     inputs = dict(visit.scans)
-    work_dir = out_dir / visit.folder() / f".{visit.label}.register"  # swept here and by the next run
-    shutil.rmtree(work_dir, ignore_errors=True)
     written = []
-    try:
+    with scratch_folder(out_dir / visit.folder(), f".{visit.label}.register") as work_dir:  # swept if left
         if register and len(inputs) > 1:
             register_subject(inputs, next(iter(inputs)), work_dir, "rigid", 0)
             inputs = {contrast: work_dir / f"{contrast}.nii.gz" for contrast in inputs}
@@ -154,8 +151,6 @@ def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: dict, loade
                 with write_atomic(path.with_name(path.name.replace(".nii.gz", ".json"))) as tmp:
                     tmp.write_text(json.dumps(sidecar(visit, bids_dir, model, data, report, samples, kind), indent=2))
             written.append(image)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     return written
 
 
