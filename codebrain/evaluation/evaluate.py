@@ -216,8 +216,9 @@ def imputer_device(imputer):
 
 def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str], split: str = "test",
              batch_size: int = 32, uncertainty_samples: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(group means, code diagnostics per target). Refused when the store, the checkpoint or `contrasts` disagree on the contrasts. With uncertainty_samples
-    (CodeBrain with FSQ codes), also uncertainty.csv and uncertainty.png (evaluation/uncertainty.py)."""
+    """(group means, code diagnostics per target). Refused when the store, the checkpoint or `contrasts` disagree
+    on the contrasts. With uncertainty_samples (CodeBrain with FSQ codes), also uncertainty.csv and
+    uncertainty.png (evaluation/uncertainty.py)."""
     device = default_device()
     slices, _ = open_store(store, split, contrasts)
     payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)})

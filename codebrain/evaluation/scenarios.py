@@ -72,6 +72,12 @@ class CodeBrainImputer:
     def __init__(self, stage1, prior=None, reconstruct: bool = True):
         self.stage1, self.prior = stage1.eval(), prior.eval() if prior is not None else None
         self.reconstruct = reconstruct
+        self.last_brain = None  # (image, its code-resolution brain): every scenario of a batch reuses it
+
+    def code_brain(self, image, code_size: int) -> torch.Tensor:
+        if self.last_brain is None or self.last_brain[0] is not image:
+            self.last_brain = (image, code_brain(image, code_size))
+        return self.last_brain[1]
 
     @torch.no_grad()
     def __call__(self, image, available: np.ndarray) -> tuple[dict, dict]:
@@ -88,7 +94,7 @@ class CodeBrainImputer:
         outputs = {method: masked.clone() for method in codes}
         diagnose = len(codes) == 2 and self.stage1.quantiser.discrete
         levels = self.stage1.quantiser.level_counts is not None
-        brain = code_brain(image, codes["stage1"].shape[-1]) if diagnose else None
+        brain = self.code_brain(image, codes["stage1"].shape[-1]) if diagnose else None
         diagnostics = {}
         for t in np.flatnonzero(~available):
             for method, method_codes in decoded.items():

@@ -7,9 +7,9 @@ data and budget as CodeBrain; no codes, so nothing but pixels carries the missin
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from codebrain.models.availability import with_availability
 from codebrain.models.config import ModelConfig
 from codebrain.models.nafnet import NAFDecoder, NAFEncoder
 
@@ -24,6 +24,5 @@ class DirectRegressor(nn.Module):
 
     def forward(self, masked, scenario_mask):
         """M_s B x N x S x S, scenario_mask B x N (True = available) -> all contrasts, B x N x S x S."""
-        bits = scenario_mask[:, :, None, None].to(masked.dtype).expand_as(masked)
-        skips, bottleneck = self.encoder(torch.cat([masked, bits], 1))  # B x 2N x S x S in
+        skips, bottleneck = self.encoder(with_availability(masked, scenario_mask))  # B x 2N x S x S in
         return self.decoder(bottleneck, skips)

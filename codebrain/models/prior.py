@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from codebrain.models.availability import with_availability
 from codebrain.models.config import ModelConfig
 from codebrain.models.nafnet import NAFEncoder
 from codebrain.models.quantisers import quantiser_class
@@ -29,8 +30,7 @@ class CodePrior(nn.Module):
     def forward(self, masked, scenario_mask):
         """M_s: B x N x S x S, scenario_mask B x N (True = available) -> logits B x n_code_maps x channels x h x w."""
         if self.cfg.prior_availability:
-            bits = scenario_mask[:, :, None, None].to(masked.dtype).expand_as(masked)
-            masked = torch.cat([masked, bits], 1)  # B x 2N x S x S
+            masked = with_availability(masked, scenario_mask)  # B x 2N x S x S
         logits = self.head(self.encoder(masked)[1])
         return logits.view(len(masked), self.cfg.n_code_maps, self.target.channels, *logits.shape[2:])
 

@@ -13,6 +13,7 @@ from codebrain.models.reconstructor import Reconstructor
 from codebrain.training.config import DirectExperiment, parse_experiment
 from codebrain.training.loop import TrainingBatch, counting_flops, make_accelerator
 
+
 def one_sample_step(stage, n_contrasts: int, size: int, step: int, codes: torch.Tensor | None = None) -> int:
     """FLOPs of `stage`'s train_step on one random sample (one contrast missing) at global step `step`."""
     mask = torch.ones(1, n_contrasts, dtype=torch.bool)

@@ -155,8 +155,8 @@ def counting_flops(accelerator, train_step, *args) -> tuple[dict, int]:
 def keep_if_best(progress: Progress, metrics: dict, key: str, model) -> None:
     """Remember the weights (on the CPU) whose validation `key` is the best so far."""
     score = metrics.get(key)
-    if score is not None and score > progress.best_score:
-        progress.best_score, progress.best_step, progress.best_metrics = score, progress.step, dict(metrics)
+    if score is not None and score > progress.best_metrics.get(key, float("-inf")):
+        progress.best_step, progress.best_metrics = progress.step, dict(metrics)
         progress.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 

@@ -20,7 +20,6 @@ class Progress:
     step: int = 0
     flops: int = 0
     wall_s: float = 0.0
-    best_score: float = float("-inf")
     best_step: int = 0
     best_metrics: dict = field(default_factory=dict)
     best_weights: dict | None = None
