@@ -69,6 +69,31 @@ def test_middle_slices_centre_on_brain(ixi_phantom, tmp_path):
     assert 0.25 * depth < (info["first_slice"] + info["last_slice"]) / 2 < 0.75 * depth
 
 
+def test_whole_brain_extent_trains_on_every_brain_slice_and_evaluates_the_middle(tmp_path):
+    case = REALDATA / "brats2018" / "Brats18_TCIA01_425_1"
+    files = {c: case / f"Brats18_TCIA01_425_1_{s}.nii.gz" for c, s in [("T1", "t1"), ("T2", "t2"), ("FLAIR", "flair")]}
+    middle, whole = (SliceConfig(n_slices=8, size=64, spacing=[3.0, 3.0], train_extent=extent)
+                     for extent in ("middle", "brain"))
+    extract_subject("a", files, list(files), middle, tmp_path / "middle.npz")
+    extract_subject("a", files, list(files), whole, tmp_path / "whole.npz")
+    mid, full = np.load(tmp_path / "middle.npz"), np.load(tmp_path / "whole.npz")
+    # the raw 1 mm scan (skull-stripped, so non-zero = head) spans these axial millimetres
+    raw = np.stack([np.asarray(nib.load(f).dataobj) for f in files.values()]).any(axis=0)
+    occupied = np.flatnonzero(raw.any(axis=(0, 1)))
+    assert len(full["z"]) == pytest.approx((occupied[-1] - occupied[0] + 1) / 3, abs=3)
+    assert len(full["z"]) > 3 * len(mid["z"])
+    rows = np.flatnonzero(np.isin(full["z"], mid["z"]))  # the middle K: the same slices, the same crop
+    assert np.array_equal(full["slices"][rows], mid["slices"]) and np.array_equal(full["corner"], mid["corner"])
+
+    assignment = {"train": "train", "val": "val", "test": "test"}
+    build_store({split: tmp_path / "whole.npz" for split in SPLITS}, assignment, list(files), tmp_path / "store")
+    for split in SPLITS:
+        array, _ = open_store(tmp_path / "store", split)
+        z = pd.read_csv(tmp_path / "store" / f"{split}.tsv", sep="\t").z.to_numpy()
+        expected = full if split == "train" else mid
+        assert np.array_equal(z, expected["z"]) and np.array_equal(array, expected["slices"])
+
+
 @pytest.mark.parametrize("n", [3, 10, 57])
 def test_splits_are_disjoint_and_deterministic(n):
     subjects = [f"sub-{i:03d}" for i in range(n)]

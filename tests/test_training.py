@@ -219,6 +219,34 @@ def test_training_flops_are_three_forward_passes_counted_by_hand(store):
     assert flops == 3 * 2 * sum(macs)
 
 
+def test_an_augmented_stage2_counts_encoding_its_codes_as_one_forward_pass(store):
+    """Augmented slices are not in the code cache: Stage I encodes them without gradients, 1 x its FLOPs."""
+    from codebrain.models.reconstructor import Reconstructor
+    from codebrain.training.config import parse_experiment
+    from codebrain.training.loop import TrainingBatch, counted_step, make_accelerator
+    from codebrain.training.stage2 import StageTwo
+
+    experiment = parse_experiment({"model": MODEL, "stage2": {"batch_size": 4}}, CONTRASTS)
+    stage1 = Reconstructor(experiment.model)
+    stage = StageTwo(experiment, make_accelerator(), stage1, experiment.model)
+    image = torch.from_numpy(np.load(store / "train.npy")[:4].astype(np.float32))
+    mask, anchor = torch.tensor([[True, False, True]] * 4), torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        codes = stage1.encode(image)
+    macs = []
+
+    def count(conv, inputs, output):
+        macs.append(output.numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
+
+    hooks = [m.register_forward_hook(count) for m in stage1.modules() if isinstance(m, torch.nn.Conv2d)]
+    _, cached = counted_step(stage, TrainingBatch(image, mask, anchor, codes, 0), lambda losses: None)
+    assert not macs  # cached codes: Stage I does not run
+    _, augmented = counted_step(stage, TrainingBatch(image, mask, anchor, None, 0), lambda losses: None)
+    for hook in hooks:
+        hook.remove()
+    assert macs and augmented - cached == 2 * sum(macs)
+
+
 def test_stage1_flops_add_up_over_its_two_phases(store, tmp_path):
     """GAN from half the steps: the FLOPs are the mean of a run with the GAN throughout and one without."""
     flops = {}
@@ -575,3 +603,16 @@ def test_shipped_configs_give_codebrain_and_the_regressor_the_same_training_flop
     flops = config_flops(yaml.safe_load((REPO / "config" / config_name).read_text()))
     codebrain, direct = sum(flops["codebrain"].values()), flops["direct"]["direct"]
     assert direct == pytest.approx(codebrain, rel=0.001)  # within one regressor step
+
+
+def test_the_augmentation_study_gives_both_methods_the_same_training_flops():
+    import yaml
+
+    from codebrain.training.budget import config_flops
+
+    config = yaml.safe_load((REPO / "config" / "brats-sample.yaml").read_text())
+    config["experiments"] = yaml.safe_load((REPO / "config" / "study" / "issue13-augment.yaml").read_text())["experiments"]
+    flops = config_flops(config)
+    assert flops["codebrain-aug"]["stage2"] > config_flops({**config, "experiments": {
+        "plain": {**config["experiments"]["codebrain-aug"], "stage2": {"steps": 500, "batch_size": 16}}}})["plain"]["stage2"]  # + encoding
+    assert flops["direct-aug"]["direct"] == pytest.approx(sum(flops["codebrain-aug"].values()), rel=0.001)

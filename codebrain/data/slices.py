@@ -2,7 +2,8 @@
 
 Per subject (`extract_subject`): volumes reoriented to RAS (axis 2 is axial) and, with
 `spacing`, resampled to that voxel size (labels nearest-neighbour: `working_grid`), the middle K
-axial slices of the brain (or a given range), cropped/padded to S x S around the brain, each
+axial slices of the brain (or a given range; with `train_extent: brain` every slice with brain,
+of which training subjects keep all and the others the middle K), cropped/padded to S x S around the brain, each
 contrast min-max normalised to [0, 1] (optionally between robust percentiles). The
 normalisation range and crop are kept so imputations can go back to the original scale and grid.
 
@@ -37,6 +38,7 @@ class SliceConfig:
     upper_percentile: float = 99.5
     dtype: str = "float16"
     spacing: list[float] | None = None  # [in-plane, through-plane] mm to resample to; None keeps the voxel grid
+    train_extent: str = "middle"  # middle: training subjects give the K middle slices too; brain: every brain slice
 
 
 def canonical(data: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
@@ -196,14 +198,22 @@ def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], 
     files = {contrast: files[contrast] for contrast in contrasts}
     volumes, images, mask = load_subject(files, spacing=cfg.spacing)
     first_file, reference = files[contrasts[0]], images[contrasts[0]]
+    if cfg.train_extent not in ("middle", "brain"):
+        raise InputError(f"slices.train_extent {cfg.train_extent!r} unknown; choose middle or brain")
+    whole_extent = z_range is None and cfg.train_extent == "brain"
     if z_range is None:
         z_range = slice_range(mask, cfg.n_slices, first_file)
     first, last = z_range
     if first < 0 or last >= mask.shape[2]:
         raise InputError(f"{first_file}: slices {first}..{last} asked for, the volume has {mask.shape[2]} axial slices")
+    corner = crop_window(mask[:, :, first: last + 1], cfg.size)  # the middle slices' window, for every slice
     z = np.arange(first, last + 1)
-    slices, ranges, corner = cut_slices(volumes, files, mask, z, cfg.size, cfg)
-    arrays = {"slices": slices.astype(cfg.dtype), "z": z, "normalisation": np.array(ranges),
+    if whole_extent:  # every slice with brain (and the middle K, should the brain be thinner)
+        occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+        z = np.arange(min(first, occupied[0]), max(last, occupied[-1]) + 1)
+    slices, ranges, corner = cut_slices(volumes, files, mask, z, cfg.size, cfg, corner)
+    arrays = {"slices": slices.astype(cfg.dtype), "z": z, "middle": np.array([first, last]),
+              "normalisation": np.array(ranges),
               "corner": np.array(corner), "volume_shape": np.array(mask.shape),
               "voxel_size": np.array(grid_voxel_size(reference, cfg.spacing))}
     if labels is not None:
@@ -240,6 +250,16 @@ def assign_splits(subjects: list[str], fractions: dict[str, float], seed: int,
     return assignment
 
 
+def split_rows(npz, split: str) -> np.ndarray:
+    """Indices of a subject's extracted slices that its split keeps: all for training, the middle K (the
+    slices every split shares) for validation and test."""
+    z = npz["z"]
+    if split == "train" or "middle" not in npz:
+        return np.arange(len(z))
+    first, last = npz["middle"]
+    return np.flatnonzero((z >= first) & (z <= last))
+
+
 def build_store(subject_files: dict[str, Path], assignment: dict[str, str], contrasts: list[str],
                 out_dir: Path, slicing: SliceConfig | None = None) -> dict:
     """Concatenate per-subject npz files into one memory-mapped array per split.
@@ -253,7 +273,8 @@ def build_store(subject_files: dict[str, Path], assignment: dict[str, str], cont
     for split in SPLITS:
         subjects = sorted(s for s, name in assignment.items() if name == split)
         loaded = [(s, np.load(subject_files[s])) for s in subjects]
-        total = sum(len(npz["z"]) for _, npz in loaded)
+        kept = {s: split_rows(npz, split) for s, npz in loaded}
+        total = sum(len(kept[s]) for s, _ in loaded)
         if total == 0:
             raise InputError(f"split {split!r} has no subjects (assignment of {len(assignment)} subjects)")
         first = loaded[0][1]
@@ -265,11 +286,12 @@ def build_store(subject_files: dict[str, Path], assignment: dict[str, str], cont
             label_store = np.zeros((total, size, size), np.uint8) if has_labels else None
             offset = 0
             for subject, npz in loaded:
-                count = len(npz["z"])
-                store[offset: offset + count] = npz["slices"]
+                rows_kept = kept[subject]
+                count = len(rows_kept)
+                store[offset: offset + count] = npz["slices"][rows_kept]
                 if has_labels:
-                    label_store[offset: offset + count] = npz["labels"]
-                rows += [{"subject": subject, "z": int(z)} for z in npz["z"]]
+                    label_store[offset: offset + count] = npz["labels"][rows_kept]
+                rows += [{"subject": subject, "z": int(z)} for z in npz["z"][rows_kept]]
                 for contrast, (low, high) in zip(contrasts, npz["normalisation"]):
                     normalisation_rows.append({"subject": subject, "contrast": contrast, "low": low, "high": high})
                 x0, y0 = npz["corner"]

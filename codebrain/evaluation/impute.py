@@ -137,6 +137,8 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
                                          spacing)
     occupied = np.flatnonzero(mask.any(axis=(0, 1)))
     trained_first, trained_last = slice_range(mask, min(cfg.n_slices, mask.shape[2]), inputs[first])
+    if cfg.train_extent == "brain":  # the model saw every brain slice of its training subjects
+        trained_first, trained_last = int(occupied[0]), int(occupied[-1])
     z = np.arange(occupied[0], occupied[-1] + 1) if outside == "impute" else np.arange(trained_first, trained_last + 1)
     available = np.array([c in inputs for c in contrasts])
     device = next(stage1.parameters()).device

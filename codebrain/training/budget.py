@@ -11,7 +11,7 @@ import torch
 
 from codebrain.models.reconstructor import Reconstructor
 from codebrain.training.config import DirectExperiment, parse_experiment
-from codebrain.training.loop import TrainingBatch, counting_flops, make_accelerator
+from codebrain.training.loop import TrainingBatch, counted_step, make_accelerator
 
 
 def one_sample_step(stage, n_contrasts: int, size: int, step: int, codes: torch.Tensor | None = None) -> int:
@@ -20,7 +20,7 @@ def one_sample_step(stage, n_contrasts: int, size: int, step: int, codes: torch.
     mask[0, 0] = False
     batch = TrainingBatch(torch.rand(1, n_contrasts, size, size), mask, torch.zeros(1, dtype=torch.long),
                           codes, step)
-    return counting_flops(stage.accelerator, stage.train_step, batch, lambda losses: None)[1]
+    return counted_step(stage, batch, lambda losses: None)[1]
 
 
 def experiment_flops(section: dict, contrasts: list[str], size: int) -> dict[str, int]:
@@ -43,8 +43,10 @@ def experiment_flops(section: dict, contrasts: list[str], size: int) -> dict[str
             first = next(step for step in range(cfg1.steps) if stage1.phase(step) == phase)
             flops["stage1"] += round(one_sample_step(stage1, n, size, first) * cfg1.batch_size * steps)
     reconstructor = Reconstructor(experiment.model)
-    with torch.no_grad():
-        codes = reconstructor.encode(torch.rand(1, n, size, size))
+    codes = None  # augmented: Stage II encodes them in its step
+    if not cfg2.augment:
+        with torch.no_grad():
+            codes = reconstructor.encode(torch.rand(1, n, size, size))
     stage2 = StageTwo(experiment, accelerator, reconstructor, experiment.model)
     flops["stage2"] = round(one_sample_step(stage2, n, size, 0, codes) * cfg2.batch_size * cfg2.steps)
     return flops

@@ -140,16 +140,27 @@ def check_finite(accelerator, losses: dict, step: int, state) -> None:
                                f"{state.latest() or 'none (no checkpoint written yet)'}")
 
 
-def counting_flops(accelerator, train_step, *args) -> tuple[dict, int]:
-    """(losses, training FLOPs of this step summed over processes): 3 x the forward FLOPs (convolutions and
-    matrix products, 2 per multiply-accumulate) of every network pass in the step, the usual estimate of
-    forward + backward. The backward is not counted itself: torch's FlopCounterMode counts the gradient of a
-    grouped (depthwise) convolution as a dense one's (66x a 64-channel depthwise forward instead of 2x)."""
+def counting_flops(accelerator, work, *args, passes: int = 3) -> tuple[object, int]:
+    """(what work returns, its FLOPs summed over processes): `passes` x the forward FLOPs (convolutions and
+    matrix products, 2 per multiply-accumulate) of every network pass in it: 3 for a training step, the usual
+    estimate of forward + backward, 1 for work without gradients. The backward is not counted itself: torch's
+    FlopCounterMode counts the gradient of a grouped (depthwise) convolution as a dense one's (66x a 64-channel
+    depthwise forward instead of 2x)."""
     with FlopCounterMode(display=False) as counter:
-        losses = train_step(*args)
-    forward = sum(n for op, n in counter.get_flop_counts()["Global"].items() if not str(op).endswith("_backward"))
-    flops = torch.tensor([3.0 * forward], dtype=torch.float64, device=accelerator.device)
-    return losses, int(accelerator.reduce(flops, "sum").item())
+        result = work(*args)
+    forward = sum(n for op, n in counter.get_flop_counts().get("Global", {}).items() if not str(op).endswith("_backward"))
+    flops = torch.tensor([passes * forward], dtype=torch.float64, device=accelerator.device)
+    return result, int(accelerator.reduce(flops, "sum").item())
+
+
+def counted_step(stage, batch: TrainingBatch, guard) -> tuple[dict, int]:
+    """(losses, FLOPs) of one training step: the stage's no-gradient `targets` (if it has them) once, its
+    train_step three times."""
+    targets_flops = 0
+    if hasattr(stage, "targets"):
+        batch, targets_flops = counting_flops(stage.accelerator, stage.targets, batch, passes=1)
+    losses, step_flops = counting_flops(stage.accelerator, stage.train_step, batch, guard)
+    return losses, targets_flops + step_flops
 
 
 def keep_if_best(progress: Progress, metrics: dict, key: str, model) -> None:
@@ -194,6 +205,7 @@ class Stage(Protocol):
     model: torch.nn.Module  # the network the final checkpoint holds (as prepared by Accelerate)
     optimizers: list[tuple[torch.optim.Optimizer, float]]  # (optimizer, base learning rate of its cosine)
     # optional phase(step) -> str: a stage whose steps differ in cost (Stage I before and after the GAN starts)
+    # optional targets(batch) -> batch: what the batch lacks, made without gradients (an augmented Stage II's codes)
 
     def train_step(self, batch: TrainingBatch, guard: Callable[[dict], None]) -> dict[str, torch.Tensor]:
         """Forward, backward and optimiser steps; returns the losses (each passed to guard before its backward)."""
@@ -245,9 +257,9 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                     set_lr(optimizer, cosine_lr(step, cfg, base_lr))
                 guard = partial(check_finite, accelerator, step=step, state=state)
                 if phase(step) not in step_flops:
-                    losses, step_flops[phase(step)] = counting_flops(accelerator, stage.train_step, inputs, guard)
+                    losses, step_flops[phase(step)] = counted_step(stage, inputs, guard)
                 else:
-                    losses = stage.train_step(inputs, guard)
+                    losses = stage.train_step(stage.targets(inputs) if hasattr(stage, "targets") else inputs, guard)
                 progress.flops += step_flops[phase(step)]
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started

@@ -6,6 +6,7 @@ missing contrast goes through D_a, so the imputation PSNR is visible while Stage
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,16 +45,19 @@ class StageTwo:
         self.optimizers = [(self.optimizer, self.cfg.lr)]
         self.stage1 = stage1.to(accelerator.device).requires_grad_(False)
 
+    def targets(self, batch: TrainingBatch) -> TrainingBatch:
+        """Augmented slices are not in the code cache: their codes come from Stage I now."""
+        if batch.codes is not None:
+            return batch
+        with torch.no_grad():
+            return replace(batch, codes=self.stage1.encode(batch.image))
+
     def train_step(self, batch: TrainingBatch, guard) -> dict:
         self.model.train()
         masked = batch.image * batch.scenario_mask[:, :, None, None]  # M_s
         logits = self.model(masked, batch.scenario_mask)
         weights = code_map_weights(batch.scenario_mask, self.cfg.code_missing_weight)
-        codes = batch.codes
-        if codes is None:  # augmented slices: their codes come from Stage I now, not from the cache
-            with torch.no_grad():
-                codes = self.stage1.encode(batch.image)
-        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, codes, weights)}
+        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, batch.codes, weights)}
         guard(losses)
         optimise(self.accelerator, self.optimizer, losses["code_loss"], self.model, self.cfg.grad_clip)
         return losses
