@@ -318,6 +318,45 @@ def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, vari
     assert np.isfinite(metrics["val/psnr_stage2"])
 
 
+def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicted_codes(trained, store, tmp_path):
+    from codebrain.checkpoints import load_codebrain, load_stage1
+    from codebrain.models.config import ModelConfig
+    from codebrain.training.loop import TrainingBatch, make_accelerator
+    from codebrain.training.config import parse_experiment
+    from codebrain.training.stage2 import StageTwo
+
+    config = {"model": {**MODEL, "finetune_decoder": True}, "stage2": {"steps": 6, "batch_size": 4, "keep": "last"}}
+    stage1, payload = load_stage1(trained / "stage1.pt")
+    stage = StageTwo(parse_experiment(config, CONTRASTS), make_accelerator(), stage1,
+                     ModelConfig.from_dict({**payload["model_config"], "finetune_decoder": True}))
+    prior = stage.accelerator.unwrap_model(stage.model)
+    assert all(torch.equal(a, b) for a, b in zip(prior.decoder.state_dict().values(), stage1.decoder.state_dict().values()))
+
+    # the loss: the fine-tuned D_a's L1 on each missing (slice, contrast), here decoded one pair at a time
+    image = torch.from_numpy(np.load(store / "train.npy")[:4].astype(np.float32))
+    mask = torch.tensor([[True, False, True], [False, False, True], [True, True, False], [False, True, False]])
+    masked = image * mask[:, :, None, None]
+    with torch.no_grad():
+        logits = prior(masked, mask)
+        batch = stage.prepare(TrainingBatch(image, mask, torch.zeros(4), None, 0))
+        loss = stage.decoder_loss(prior, logits, batch)
+        codes, errors = prior.decoded_codes(logits), []
+        for b, t in zip(*np.nonzero(~mask.numpy())):
+            common = stage1.common_features(masked[b: b + 1])
+            decoded = stage1.decode_code(codes[b: b + 1], common, int(t), prior.decoder)
+            errors.append((decoded - image[b: b + 1, t]).abs().mean())
+    assert loss.item() == pytest.approx(torch.stack(errors).mean().item(), rel=1e-5)
+
+    cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes", "--out",
+        tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path)
+    stage1_after, prior_after, _ = load_codebrain(tmp_path / "stage2.pt")
+    changed = [not torch.equal(a, b) for a, b in zip(prior_after.decoder.state_dict().values(),
+                                                     stage1_after.decoder.state_dict().values())]
+    assert any(changed)  # the copy trained, Stage I's D_a did not
+    history = torch.load(tmp_path / "stage2.pt", weights_only=True)["metrics"]
+    assert np.isfinite(history["val/psnr_stage2"])
+
+
 def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_path):
     cli("evaluate", "--model", trained / "stage2.pt", "--store", store, "--split", "test", "--out-dir", tmp_path,
         "--contrasts", *CONTRASTS, "--results", trained, "--dataset", "synthetic")

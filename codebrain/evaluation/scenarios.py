@@ -98,7 +98,8 @@ class CodeBrainImputer:
         diagnostics = {}
         for t in np.flatnonzero(~available):
             for method, method_codes in decoded.items():
-                outputs[method][:, t] = self.stage1.decode_code(method_codes, common, int(t))
+                decoder = self.prior.decoder if method == "stage2" else None  # None: Stage I's D_a
+                outputs[method][:, t] = self.stage1.decode_code(method_codes, common, int(t), decoder)
             if diagnose:
                 code_map = 0 if self.stage1.cfg.joint_code else int(t)
                 found = code_diagnostics(codes["stage2"][:, code_map], codes["stage1"][:, code_map], brain, levels)

@@ -47,8 +47,8 @@ def sample_imputations(stage1, prior, image: torch.Tensor, available: np.ndarray
     drawn = sample_levels(prior.distribution(logits), samples, generator)  # K x B x maps x d x h x w
     hard, mean, std = masked.clone(), masked.clone(), torch.zeros_like(image)
     for t in np.flatnonzero(~available):
-        hard[:, t] = stage1.decode_code(hard_codes, common, int(t)).clamp(0, 1)
-        decoded = torch.stack([stage1.decode_code(codes, common, int(t)).clamp(0, 1) for codes in drawn])
+        hard[:, t] = stage1.decode_code(hard_codes, common, int(t), prior.decoder).clamp(0, 1)
+        decoded = torch.stack([stage1.decode_code(codes, common, int(t), prior.decoder).clamp(0, 1) for codes in drawn])
         mean[:, t], std[:, t] = decoded.mean(0), decoded.std(0, unbiased=False)
     return {"hard": hard, "mean": mean, "std": std}
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 # The keys that shape E_prior alone: changing them retrains Stage II but not Stage I.
 PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss", "prior_availability",
-                "prior_decode")
+                "prior_decode", "finetune_decoder")
 # The keys of Stage I that Stage II depends on (its code maps and contrasts): a Stage I that differs is refused.
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
@@ -39,6 +39,7 @@ class ModelConfig:
     prior_loss: str = "grading"  # grading (ordinal BCE) | ce; vq always ce, continuous l1
     prior_availability: bool = False  # E_prior also sees the availability bits as constant planes (as the regressor)
     prior_decode: str = "hard"  # what D_a decodes: hard (the grading count, paper) | expected (sum_j j P(level = j))
+    finetune_decoder: bool = False  # Stage II keeps its own copy of D_a, trained to decode the predicted codes
     # PatchGAN
     disc_width: int = 64
     disc_layers: int = 3
@@ -54,6 +55,8 @@ class ModelConfig:
             raise ValueError(f"model.prior_decode: {self.prior_decode!r} is not hard or expected")
         if self.prior_loss not in ("grading", "ce"):
             raise ValueError(f"model.prior_loss: {self.prior_loss!r} is not grading or ce")
+        if self.finetune_decoder and self.joint_code:
+            raise ValueError("model.finetune_decoder needs a code map per contrast (model.joint_code is on)")
         if len(self.dec_blocks) != len(self.enc_blocks):
             raise ValueError("model.dec_blocks must have one entry per encoder level (model.enc_blocks)")
 

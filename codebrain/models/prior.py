@@ -13,6 +13,7 @@ from codebrain.models.availability import with_availability
 from codebrain.models.config import ModelConfig
 from codebrain.models.nafnet import NAFEncoder
 from codebrain.models.quantisers import quantiser_class
+from codebrain.models.reconstructor import build_decoder
 
 
 class CodePrior(nn.Module):
@@ -26,6 +27,8 @@ class CodePrior(nn.Module):
         in_channels = 2 * n if cfg.prior_availability else n
         self.encoder = NAFEncoder(in_channels, cfg.prior_width, cfg.prior_enc_blocks, cfg.prior_middle_blocks)
         self.head = nn.Conv2d(self.encoder.out_channels, cfg.n_code_maps * self.target.channels, 1)
+        # model.finetune_decoder: a copy of Stage I's D_a that learns to decode what E_prior predicts
+        self.decoder = build_decoder(cfg) if cfg.finetune_decoder else None
 
     def forward(self, masked, scenario_mask):
         """M_s: B x N x S x S, scenario_mask B x N (True = available) -> logits B x n_code_maps x channels x h x w."""

@@ -63,20 +63,31 @@ class WideDecoder(nn.Module):
         return self.up(self.middle(self.fuse(x)))
 
 
+def common_encoder(cfg: ModelConfig) -> NAFEncoder | None:
+    """E_s over the masked stack (None when the ablation drops F_c)."""
+    if not cfg.common_features:
+        return None
+    return NAFEncoder(len(cfg.contrasts), cfg.common_width or cfg.width, cfg.enc_blocks, cfg.middle_blocks)
+
+
+def build_decoder(cfg: ModelConfig) -> nn.Module:
+    """D_a for E_s's features (Stage I's, or the copy Stage II fine-tunes: model.finetune_decoder)."""
+    common_width = cfg.common_width or cfg.width
+    common_channels = common_width * cfg.downsampling if cfg.common_features else 0
+    decoder = WideDecoder if cfg.decoder == "wide" else UNetDecoder
+    if decoder is UNetDecoder and cfg.common_features and common_width != cfg.width:
+        raise ValueError("model.common_width must equal model.width with the unet decoder (additive skips)")
+    return decoder(cfg, common_channels, len(cfg.contrasts) if cfg.joint_code else 1)
+
+
 class Reconstructor(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        n = len(cfg.contrasts)
         self.posterior = PosteriorEncoder(cfg)
         self.quantiser = build_quantiser(cfg)
-        common_width = cfg.common_width or cfg.width
-        self.common = NAFEncoder(n, common_width, cfg.enc_blocks, cfg.middle_blocks) if cfg.common_features else None
-        common_channels = self.common.out_channels if self.common is not None else 0
-        decoder = WideDecoder if cfg.decoder == "wide" else UNetDecoder
-        if decoder is UNetDecoder and cfg.common_features and common_width != cfg.width:
-            raise ValueError("model.common_width must equal model.width with the unet decoder (additive skips)")
-        self.decoder = decoder(cfg, common_channels, n if cfg.joint_code else 1)
+        self.common = common_encoder(cfg)
+        self.decoder = build_decoder(cfg)
 
     def common_features(self, masked):
         """F_c = E_s(M_s): (skips, bottleneck), or None when the ablation drops it."""
@@ -99,10 +110,11 @@ class Reconstructor(nn.Module):
         """D_a(concat[latent, E_s(M_s)]): B x 1 x S x S (release: B x N x S x S)."""
         return self.decoder(latent, self.common_features(masked))
 
-    def decode_code(self, codes, common, target: int):
-        """Contrast `target` from its code map (B x n_code_maps x d' x h x w) and F_c: B x S x S."""
+    def decode_code(self, codes, common, target: int, decoder: nn.Module | None = None):
+        """Contrast `target` from its code map (B x n_code_maps x d' x h x w) and F_c: B x S x S, by D_a (or by
+        `decoder`, a fine-tuned copy)."""
         code_map, channel = (0, target) if self.cfg.joint_code else (target, 0)
-        return self.decoder(self.quantiser.codes_to_latent(codes[:, code_map]), common)[:, channel]
+        return (decoder or self.decoder)(self.quantiser.codes_to_latent(codes[:, code_map]), common)[:, channel]
 
     def forward(self, image, scenario_mask, anchor):
         """image B x N x S x S, scenario_mask B x N (True = available), anchor B -> reconstruction, codes, aux loss."""

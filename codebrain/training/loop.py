@@ -154,13 +154,13 @@ def counting_flops(accelerator, work, *args, passes: int = 3) -> tuple[object, i
 
 
 def counted_step(stage, batch: TrainingBatch, guard) -> tuple[dict, int]:
-    """(losses, FLOPs) of one training step: the stage's no-gradient `targets` (if it has them) once, its
+    """(losses, FLOPs) of one training step: the stage's no-gradient `prepare` (if it has one) once, its
     train_step three times."""
-    targets_flops = 0
-    if hasattr(stage, "targets"):
-        batch, targets_flops = counting_flops(stage.accelerator, stage.targets, batch, passes=1)
+    prepare_flops = 0
+    if hasattr(stage, "prepare"):
+        batch, prepare_flops = counting_flops(stage.accelerator, stage.prepare, batch, passes=1)
     losses, step_flops = counting_flops(stage.accelerator, stage.train_step, batch, guard)
-    return losses, targets_flops + step_flops
+    return losses, prepare_flops + step_flops
 
 
 def keep_if_best(progress: Progress, metrics: dict, key: str, model) -> None:
@@ -194,6 +194,7 @@ class TrainingBatch:
     anchor: torch.Tensor  # B, the masked contrast whose code Stage I learns
     codes: torch.Tensor | None  # B x n_code_maps x d' x h x w cached Stage I codes (Stage II only)
     step: int  # the global step this batch trains
+    common: tuple | None = None  # F_c of the masked stack by Stage I's E_s (Stage II with a fine-tuned D_a)
 
 
 class Stage(Protocol):
@@ -205,7 +206,7 @@ class Stage(Protocol):
     model: torch.nn.Module  # the network the final checkpoint holds (as prepared by Accelerate)
     optimizers: list[tuple[torch.optim.Optimizer, float]]  # (optimizer, base learning rate of its cosine)
     # optional phase(step) -> str: a stage whose steps differ in cost (Stage I before and after the GAN starts)
-    # optional targets(batch) -> batch: what the batch lacks, made without gradients (an augmented Stage II's codes)
+    # optional prepare(batch) -> batch: what the step needs from frozen networks, made without gradients
 
     def train_step(self, batch: TrainingBatch, guard: Callable[[dict], None]) -> dict[str, torch.Tensor]:
         """Forward, backward and optimiser steps; returns the losses (each passed to guard before its backward)."""
@@ -259,7 +260,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                 if phase(step) not in step_flops:
                     losses, step_flops[phase(step)] = counted_step(stage, inputs, guard)
                 else:
-                    losses = stage.train_step(stage.targets(inputs) if hasattr(stage, "targets") else inputs, guard)
+                    losses = stage.train_step(stage.prepare(inputs) if hasattr(stage, "prepare") else inputs, guard)
                 progress.flops += step_flops[phase(step)]
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started

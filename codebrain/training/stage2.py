@@ -39,28 +39,52 @@ class StageTwo:
             raise InputError("stage2.code_missing_weight needs a code map per contrast (model.joint_code is on)")
         set_seed(self.cfg.seed)
         prior = CodePrior(model_config)
+        if prior.decoder is not None:  # fine-tuned from Stage I's D_a
+            prior.decoder.load_state_dict(stage1.decoder.state_dict())
         checkpoint_blocks(prior, self.cfg.activation_checkpointing)
         optimizer = make_optimizer(prior.parameters(), self.cfg)
         self.model, self.optimizer = accelerator.prepare(prior, optimizer)  # E_prior
         self.optimizers = [(self.optimizer, self.cfg.lr)]
         self.stage1 = stage1.to(accelerator.device).requires_grad_(False)
 
-    def targets(self, batch: TrainingBatch) -> TrainingBatch:
-        """Augmented slices are not in the code cache: their codes come from Stage I now."""
-        if batch.codes is not None:
-            return batch
+    def prepare(self, batch: TrainingBatch) -> TrainingBatch:
+        """What frozen Stage I gives the step: the codes of augmented slices (not in the code cache), and F_c
+        when D_a is fine-tuned."""
         with torch.no_grad():
-            return replace(batch, codes=self.stage1.encode(batch.image))
+            if batch.codes is None:
+                batch = replace(batch, codes=self.stage1.encode(batch.image))
+            if self.model_config.finetune_decoder:
+                masked = batch.image * batch.scenario_mask[:, :, None, None]  # M_s
+                batch = replace(batch, common=self.stage1.common_features(masked))
+        return batch
 
     def train_step(self, batch: TrainingBatch, guard) -> dict:
         self.model.train()
         masked = batch.image * batch.scenario_mask[:, :, None, None]  # M_s
         logits = self.model(masked, batch.scenario_mask)
         weights = code_map_weights(batch.scenario_mask, self.cfg.code_missing_weight)
-        losses = {"code_loss": self.accelerator.unwrap_model(self.model).loss(logits, batch.codes, weights)}
+        prior = self.accelerator.unwrap_model(self.model)
+        losses = {"code_loss": prior.loss(logits, batch.codes, weights)}
+        if prior.decoder is not None:
+            losses["decoder_l1"] = self.decoder_loss(prior, logits, batch)
         guard(losses)
-        optimise(self.accelerator, self.optimizer, losses["code_loss"], self.model, self.cfg.grad_clip)
+        optimise(self.accelerator, self.optimizer, sum(losses.values()), self.model, self.cfg.grad_clip)
         return losses
+
+    def decoder_loss(self, prior: CodePrior, logits, batch: TrainingBatch):
+        """L1 of the fine-tuned D_a on each missing contrast, decoded from the codes E_prior predicts (what it
+        will decode at imputation time). No gradient reaches E_prior through the codes: the decoder adapts to
+        the prior's errors, the prior is still trained on the codes alone."""
+        with torch.no_grad():
+            codes = prior.decoded_codes(logits)  # B x N x d' x h x w
+        sample, target = (~batch.scenario_mask).nonzero(as_tuple=True)  # the missing (slice, contrast) pairs
+        common = batch.common  # F_c (prepare)
+        if common is not None:
+            skips, bottleneck = common
+            common = [skip[sample] for skip in skips], bottleneck[sample]
+        latent = self.stage1.quantiser.codes_to_latent(codes[sample, target])  # M x d x h x w
+        decoded = prior.decoder(latent, common)[:, 0]  # M x S x S
+        return (decoded - batch.image[sample, target]).abs().mean()
 
     def imputer(self):
         return CodeBrainImputer(self.stage1, self.accelerator.unwrap_model(self.model))
