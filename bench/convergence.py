@@ -6,7 +6,8 @@ Stage II (imputation; its FLOPs include Stage I's) and the direct regressor, fro
 Reads the training runs (tags rule = train_stage1 / train_stage2 / train_direct, one per experiment) of the
 dataset's MLflow experiment, takes each validation's one-missing and all-scenario PSNR, places it at the run's
 training FLOPs at that step (interpolated in the run's logged train/flops), and writes a figure and a Markdown
-table (the best validation point per method, and the last).
+table (the best validation point per method, and the last). --experiments picks the experiments to show;
+--stage1-of NAME=OTHER credits a Stage II trained on another experiment's Stage I (by hand) with that one's FLOPs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def histories(client, run_id: str, keys: list[str]) -> dict[str, tuple[np.ndarra
     return out
 
 
-def curves(tracking_uri: str, dataset: str) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+def curves(tracking_uri: str, dataset: str, stage1_of: dict[str, str] | None = None
+           ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """{(experiment, method): {"flops", "psnr_one_missing", "psnr"}} from the latest run of each training rule."""
     from mlflow.tracking import MlflowClient
 
@@ -46,7 +48,8 @@ def curves(tracking_uri: str, dataset: str) -> dict[tuple[str, str], dict[str, n
         found = histories(client, run.info.run_id, ["train/flops", f"val/psnr_{method}_one_missing", f"val/psnr_{method}"])
         flop_steps, flops = found["train/flops"]
         steps, one_missing = found[f"val/psnr_{method}_one_missing"]
-        offset = stage1_flops.get(name, 0.0) if method == "stage2" else 0.0  # Stage II stands on Stage I's compute
+        stage1_name = (stage1_of or {}).get(name, name)
+        offset = stage1_flops.get(stage1_name, 0.0) if method == "stage2" else 0.0  # Stage II stands on Stage I's
         result[(name, method)] = {"flops": offset + np.interp(steps, flop_steps, flops), "steps": steps,
                                   "psnr_one_missing": one_missing, "psnr": found[f"val/psnr_{method}"][1]}
     return result
@@ -92,10 +95,15 @@ def main(argv=None):
     parser.add_argument("results", help="a dataset's results folder, e.g. results/brats2018-sample")
     parser.add_argument("--tracking-uri", help="default: sqlite:///<results>/../mlflow.db")
     parser.add_argument("--out", required=True, help="the figure (PNG)")
+    parser.add_argument("--experiments", nargs="+", help="the experiments to show (default: all)")
+    parser.add_argument("--stage1-of", nargs="+", default=[], metavar="NAME=OTHER",
+                        help="experiment NAME's Stage II was trained on experiment OTHER's Stage I")
     args = parser.parse_args(argv)
     results = Path(args.results)
     uri = args.tracking_uri or f"sqlite:///{(results.parent / 'mlflow.db').resolve()}"
-    found = curves(uri, results.name)
+    found = curves(uri, results.name, dict(pair.split("=", 1) for pair in args.stage1_of))
+    if args.experiments:
+        found = {key: curve for key, curve in found.items() if key[0] in args.experiments}
     figure(found, Path(args.out), f"{results.name}: validation PSNR against training compute")
     print(table(found))
 

@@ -342,6 +342,9 @@ def test_convergence_study_reads_the_runs_validation_curves(workdir, tmp_path):
     assert float(rows[("codebrain", "Stage I (own code: ceiling)")]) == pytest.approx(stage1 / 1e15, rel=1e-3)
     assert float(rows[("codebrain", "CodeBrain (Stage II)")]) == pytest.approx((stage1 + stage2) / 1e15, rel=1e-3)
     assert float(rows[("direct", "direct regressor")]) == pytest.approx(flops[("direct", "direct")] / 1e15, rel=1e-3)
+    only = subprocess.run([sys.executable, str(REPO / "bench" / "convergence.py"), "results/tiny", "--out", figure,
+                           "--experiments", "direct"], cwd=path, capture_output=True, text=True)
+    assert [line.split("|")[1].strip() for line in only.stdout.splitlines()[2:]] == ["direct"]
 
 
 @pytest.fixture(scope="module")
