@@ -258,6 +258,15 @@ def test_stage1_flops_add_up_over_its_two_phases(store, tmp_path):
     assert flops["half"] == (flops["none"] + flops["all"]) / 2
 
 
+def test_the_tuned_protocol_is_the_paper_with_the_study_winners():
+    from codebrain.training.config import PROTOCOLS, parse_experiment
+
+    paper, tuned = (parse_experiment({"protocol": name}, CONTRASTS).to_dict() for name in ("paper", "tuned"))
+    changed = {key for key in paper["model"] if paper["model"][key] != tuned["model"][key]}
+    assert changed == set(PROTOCOLS["tuned"]["model"]) and tuned["model"]["finetune_decoder"]
+    assert paper["stage1"] == tuned["stage1"] and paper["stage2"] == tuned["stage2"]
+
+
 def test_code_map_weights_favour_missing_contrasts():
     from codebrain.training.stage2 import code_map_weights
 
@@ -321,7 +330,7 @@ def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, vari
 def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicted_codes(trained, store, tmp_path):
     from codebrain.checkpoints import load_codebrain, load_stage1
     from codebrain.models.config import ModelConfig
-    from codebrain.training.loop import TrainingBatch, make_accelerator
+    from codebrain.training.loop import TrainingBatch, counted_step, make_accelerator
     from codebrain.training.config import parse_experiment
     from codebrain.training.stage2 import StageTwo
 
@@ -346,6 +355,22 @@ def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicte
             decoded = stage1.decode_code(codes[b: b + 1], common, int(t), prior.decoder)
             errors.append((decoded - image[b: b + 1, t]).abs().mean())
     assert loss.item() == pytest.approx(torch.stack(errors).mean().item(), rel=1e-5)
+
+    # its cost: 3 x (2 x MACs) of one more decoder pass per missing pair, so fit counts per missing count
+    macs = []
+
+    def count(conv, inputs, output):
+        macs.append(output.numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
+
+    hooks = [m.register_forward_hook(count) for m in prior.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    fewer = torch.tensor([[True, False, True]] * 4)
+    _, flops_fewer = counted_step(stage, TrainingBatch(image, fewer, torch.zeros(4), None, 0), lambda losses: None)
+    decoder_macs_4, macs = sum(macs), []
+    _, flops_more = counted_step(stage, TrainingBatch(image, mask, torch.zeros(4), None, 0), lambda losses: None)
+    for hook in hooks:
+        hook.remove()
+    assert stage.flops_key(TrainingBatch(image, mask, None, None, 0)) == 6 and sum(macs) == decoder_macs_4 * 6 / 4
+    assert flops_more - flops_fewer == 3 * 2 * decoder_macs_4 * 2 / 4
 
     cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes", "--out",
         tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path)

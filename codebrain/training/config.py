@@ -61,6 +61,9 @@ class TrainConfig:
 
 PROTOCOLS = {
     "paper": {"model": {}, "stage1": {}, "stage2": {"gan_weight": 0.0}},
+    # the paper where it is explicit, with what won on validation in issue 13's study (README): D_a fine-tuned
+    # on the predicted codes
+    "tuned": {"model": {"finetune_decoder": True}, "stage1": {}, "stage2": {"gan_weight": 0.0}},
     "release": {
         "model": {"joint_code": True, "levels": [8, 8, 8, 5, 5, 5], "decoder": "wide", "decoder_width": 1536,
                   "decoder_blocks": 6, "common_width": 96, "prior_width": 96, "disc_conditional": True},

@@ -205,7 +205,8 @@ class Stage(Protocol):
     accelerator: Accelerator
     model: torch.nn.Module  # the network the final checkpoint holds (as prepared by Accelerate)
     optimizers: list[tuple[torch.optim.Optimizer, float]]  # (optimizer, base learning rate of its cosine)
-    # optional phase(step) -> str: a stage whose steps differ in cost (Stage I before and after the GAN starts)
+    # optional flops_key(batch): steps with the same key cost the same FLOPs (Stage I: before and after the GAN
+    # starts; Stage II with a fine-tuned D_a: how many missing contrasts it decodes)
     # optional prepare(batch) -> batch: what the step needs from frozen networks, made without gradients
 
     def train_step(self, batch: TrainingBatch, guard: Callable[[dict], None]) -> dict[str, torch.Tensor]:
@@ -243,8 +244,8 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     device = accelerator.device
     bar = progress_bar(accelerator, cfg.steps, progress.step, stage.name)
     started, started_step, wall_before, metrics = time.time(), progress.step, progress.wall_s, {}
-    phase = getattr(stage, "phase", lambda step: "train")  # steps of one phase cost the same FLOPs
-    step_flops = {}  # phase -> FLOPs of one step, counted on its first step in this process
+    flops_key = getattr(stage, "flops_key", lambda batch: None)
+    step_flops = {}  # flops_key -> FLOPs of one step, counted on the first such step in this process
     try:
         while progress.step < cfg.steps:
             _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
@@ -257,11 +258,12 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                 for optimizer, base_lr in stage.optimizers:
                     set_lr(optimizer, cosine_lr(step, cfg, base_lr))
                 guard = partial(check_finite, accelerator, step=step, state=state)
-                if phase(step) not in step_flops:
-                    losses, step_flops[phase(step)] = counted_step(stage, inputs, guard)
+                key = flops_key(inputs)
+                if key not in step_flops:
+                    losses, step_flops[key] = counted_step(stage, inputs, guard)
                 else:
                     losses = stage.train_step(stage.prepare(inputs) if hasattr(stage, "prepare") else inputs, guard)
-                progress.flops += step_flops[phase(step)]
+                progress.flops += step_flops[key]
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started
 

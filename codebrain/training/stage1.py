@@ -40,6 +40,9 @@ class StageOne:
     def phase(self, step: int) -> str:
         return "adversarial" if step >= self.gan_from else "reconstruction"
 
+    def flops_key(self, batch: TrainingBatch) -> str:
+        return self.phase(batch.step)
+
     def train_step(self, batch: TrainingBatch, guard) -> dict:
         cfg, joint, accelerator = self.cfg, self.model_config.joint_code, self.accelerator
         self.model.train(), self.disc.train()

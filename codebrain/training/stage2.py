@@ -47,6 +47,10 @@ class StageTwo:
         self.optimizers = [(self.optimizer, self.cfg.lr)]
         self.stage1 = stage1.to(accelerator.device).requires_grad_(False)
 
+    def flops_key(self, batch: TrainingBatch) -> int | None:
+        """A fine-tuned D_a decodes every missing (slice, contrast) pair: its cost follows their count."""
+        return int((~batch.scenario_mask).sum()) if self.model_config.finetune_decoder else None
+
     def prepare(self, batch: TrainingBatch) -> TrainingBatch:
         """What frozen Stage I gives the step: the codes of augmented slices (not in the code cache), and F_c
         when D_a is fine-tuned."""
