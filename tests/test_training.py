@@ -669,6 +669,17 @@ def test_shipped_configs_give_codebrain_and_the_regressor_the_same_training_flop
     assert direct == pytest.approx(codebrain, rel=0.001)  # within one regressor step
 
 
+def test_the_tuned_study_experiment_has_the_regressors_training_flops():
+    import yaml
+
+    from codebrain.training.budget import config_flops
+
+    config = yaml.safe_load((REPO / "config" / "brats-sample.yaml").read_text())
+    study = yaml.safe_load((REPO / "config" / "study" / "issue13.yaml").read_text())["experiments"]
+    flops = config_flops({**config, "experiments": {name: study[name] for name in ("codebrain-tuned", "direct")}})
+    assert sum(flops["codebrain-tuned"].values()) == pytest.approx(flops["direct"]["direct"], rel=0.002)
+
+
 def test_the_augmentation_study_gives_both_methods_the_same_training_flops():
     import yaml
 
