@@ -638,6 +638,7 @@ def test_code_diagnostics_of_a_perfect_prior_and_the_evaluation_means():
             return stage1.encode(image)
 
         decoded_codes = predict
+        decoder = None  # decodes with Stage I's D_a (no fine-tuned copy)
 
     oracle = Oracle()
     imputer = CodeBrainImputer(stage1, oracle)
