@@ -5,6 +5,7 @@ BraTS sample checked by sha256, and a copied project reruns nothing and writes n
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import REALDATA
-from helpers import REPO, TINY, planned_jobs, snakemake, workflow_copy
+from helpers import REPO, TINY, planned_jobs, snakemake, snakemake_command, workflow_copy
 
 BRATS18 = REALDATA / "brats2018" / "Brats18_TCIA01_425_1"
 BRATS23 = REALDATA / "brats2023" / "BraTS-GLI-00000-000"
@@ -96,6 +97,25 @@ def test_a_shipped_config_plans_only_its_folders_subjects(tmp_path, config_name,
     assert planned["extract_slices"] == subjects
     assert ("train_direct" in planned) == direct and planned["train_stage1"] == 1
     assert listing(tmp_path / folder) == before
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in (REPO / "config" / "study").glob("*.yaml")))
+def test_a_study_config_given_after_the_real_sample_config_plans_its_experiments(tmp_path, study):
+    """The studies' README commands: `--configfile config/brats-sample.yaml config/study/<study>` over a folder of
+    real-named files validates and plans a training job per experiment (the shipped ones and the study's)."""
+    configfile = project(tmp_path, "brats-sample.yaml")
+    brats_sample_folder(tmp_path / "data" / "brats2018-sample")
+    result = subprocess.run(snakemake_command() + ["-d", str(tmp_path), "-n", "--configfile",
+                                                   str(configfile), str(configfile.parent / "study" / study)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    planned = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", result.stdout + result.stderr, re.M)}
+    study_config = yaml.safe_load((configfile.parent / "study" / study).read_text())
+    experiments = {**yaml.safe_load(configfile.read_text())["experiments"], **study_config["experiments"]}
+    direct = sum(e.get("method") == "direct" for e in experiments.values())
+    assert planned["train_direct"] == direct and planned["train_stage2"] == len(experiments) - direct
+    name = study_config.get("dataset", {}).get("name", "brats2018-sample")
+    assert f"results/{name}/" in result.stdout + result.stderr
 
 
 def test_decathlon_volumes_are_split_into_brats_files_with_2023_labels(tmp_path):

@@ -130,3 +130,30 @@ def test_the_exemplar_figure_gets_a_std_row_per_target(tmp_path):
         exemplar_figure(imputer, "stage2", slices, ["T1", "T2", "PD"], tmp_path / f"{samples}.png", 1, samples)
         heights[samples] = plt.imread(tmp_path / f"{samples}.png").shape[0]
     assert heights[2] / heights[0] == pytest.approx(9 / 6, rel=0.02)
+
+
+def test_the_signals_bench_reproduces_the_dags_calibration_and_scores_every_signal(workdir, tmp_path):
+    """bench/uncertainty_signals.py (issue 16's comparison of error signals): its `std` signal is the DAG's
+    uncertainty map, so on the test split with the evaluation's batch size and K it gives uncertainty.csv's
+    Spearman per pair; every other signal is scored on every pair."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from helpers import REPO
+
+    results = workdir[0] / "results" / "tiny"
+    out = tmp_path / "signals.csv"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "uncertainty_signals.py"),
+                          str(results / "models" / "codebrain" / "stage2.pt"), str(results / "slices"),
+                          "--split", "test", "--batch-size", "32", "--samples", "8", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    signals = pd.read_csv(out, dtype={"scenario": str})
+    assert set(signals.signal) == {"std", "std_T2", "dev_hard", "flip_std", "given_prior", "given_stage1"}
+    assert (signals.groupby("signal").size() == 9).all()
+    shipped = pd.read_csv(results / "metrics" / "codebrain" / "uncertainty.csv", dtype={"scenario": str})
+    mine = signals[signals.signal == "std"].merge(shipped, on=["scenario", "target"], suffixes=("", "_dag"))
+    assert len(mine) == 9
+    assert np.allclose(mine.spearman, mine.spearman_dag, atol=2e-3, equal_nan=True)

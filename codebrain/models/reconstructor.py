@@ -63,13 +63,6 @@ class WideDecoder(nn.Module):
         return self.up(self.middle(self.fuse(x)))
 
 
-def common_encoder(cfg: ModelConfig) -> NAFEncoder | None:
-    """E_s over the masked stack (None when the ablation drops F_c)."""
-    if not cfg.common_features:
-        return None
-    return NAFEncoder(len(cfg.contrasts), cfg.common_width or cfg.width, cfg.enc_blocks, cfg.middle_blocks)
-
-
 def build_decoder(cfg: ModelConfig) -> nn.Module:
     """D_a for E_s's features (Stage I's, or the copy Stage II fine-tunes: model.finetune_decoder)."""
     common_width = cfg.common_width or cfg.width
@@ -86,7 +79,9 @@ class Reconstructor(nn.Module):
         self.cfg = cfg
         self.posterior = PosteriorEncoder(cfg)
         self.quantiser = build_quantiser(cfg)
-        self.common = common_encoder(cfg)
+        self.common = (NAFEncoder(len(cfg.contrasts), cfg.common_width or cfg.width, cfg.enc_blocks,
+                              cfg.middle_blocks)
+                       if cfg.common_features else None)  # E_s over M_s (None: the ablation drops F_c)
         self.decoder = build_decoder(cfg)
 
     def common_features(self, masked):

@@ -153,12 +153,14 @@ def counting_flops(accelerator, work, *args, passes: int = 3) -> tuple[object, i
     return result, int(accelerator.reduce(flops, "sum").item())
 
 
+def prepared(stage, batch: TrainingBatch) -> TrainingBatch:
+    """The batch with what the stage's `prepare` adds from frozen networks (the batch itself if it has none)."""
+    return stage.prepare(batch) if hasattr(stage, "prepare") else batch
+
+
 def counted_step(stage, batch: TrainingBatch, guard) -> tuple[dict, int]:
-    """(losses, FLOPs) of one training step: the stage's no-gradient `prepare` (if it has one) once, its
-    train_step three times."""
-    prepare_flops = 0
-    if hasattr(stage, "prepare"):
-        batch, prepare_flops = counting_flops(stage.accelerator, stage.prepare, batch, passes=1)
+    """(losses, FLOPs) of one training step: the no-gradient `prepared` once, train_step three times."""
+    batch, prepare_flops = counting_flops(stage.accelerator, prepared, stage, batch, passes=1)
     losses, step_flops = counting_flops(stage.accelerator, stage.train_step, batch, guard)
     return losses, prepare_flops + step_flops
 
@@ -262,7 +264,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                 if key not in step_flops:
                     losses, step_flops[key] = counted_step(stage, inputs, guard)
                 else:
-                    losses = stage.train_step(stage.prepare(inputs) if hasattr(stage, "prepare") else inputs, guard)
+                    losses = stage.train_step(prepared(stage, inputs), guard)
                 progress.flops += step_flops[key]
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started
