@@ -212,7 +212,7 @@ def test_training_flops_are_three_forward_passes_counted_by_hand(store):
     hooks = [m.register_forward_hook(count) for m in stage.model.modules() if isinstance(m, torch.nn.Conv2d)]
     image = torch.from_numpy(np.load(store / "train.npy")[:4].astype(np.float32))
     batch = TrainingBatch(image, torch.tensor([[True, False, True]] * 4), torch.zeros(4, dtype=torch.long), None, 0)
-    _, flops = counting_flops(stage.accelerator, stage.train_step, batch, lambda losses: None)
+    _, flops = counting_flops(stage.train_step, batch, lambda losses: None)
     for hook in hooks:
         hook.remove()
     assert any(m.groups > 1 for m in stage.model.modules() if isinstance(m, torch.nn.Conv2d))  # depthwise ones too
@@ -380,6 +380,26 @@ def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicte
     assert any(changed)  # the copy trained, Stage I's D_a did not
     history = torch.load(tmp_path / "stage2.pt", weights_only=True)["metrics"]
     assert np.isfinite(history["val/psnr_stage2"])
+
+
+def test_two_processes_fine_tune_the_decoder_as_one(trained, store, tmp_path):
+    """A fine-tuned D_a is called through the unwrapped prior, outside DDP's forward: its gradients must still be
+    averaged over processes (2 x batch 2 = 1 x batch 4, E_prior and the decoder alike)."""
+    config = {"model": {**MODEL, "finetune_decoder": True},
+              "stage2": {"steps": 4, "batch_size": 4, "validate_every": 100, "log_every": 1, "keep": "last"}}
+
+    def train(out, processes):
+        cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes",
+            "--out", out, "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path,
+            processes=processes)
+
+    train(tmp_path / "one.pt", 1)
+    train(tmp_path / "two.pt", 2)
+    assert any(k.startswith("decoder.") for k in weights(tmp_path / "two.pt"))
+    assert_same_weights(tmp_path / "one.pt", tmp_path / "two.pt", atol=1e-4)
+    first = weights(tmp_path / "one.pt")  # and the decoder moved, so the comparison covers its training
+    initial = torch.load(trained / "stage1.pt", weights_only=True)["model"]
+    assert any(not torch.equal(first[k], initial[k]) for k in first if k.startswith("decoder."))
 
 
 def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_path):

@@ -140,17 +140,16 @@ def check_finite(accelerator, losses: dict, step: int, state) -> None:
                                f"{state.latest() or 'none (no checkpoint written yet)'}")
 
 
-def counting_flops(accelerator, work, *args, passes: int = 3) -> tuple[object, int]:
-    """(what work returns, its FLOPs summed over processes): `passes` x the forward FLOPs (convolutions and
-    matrix products, 2 per multiply-accumulate) of every network pass in it: 3 for a training step, the usual
-    estimate of forward + backward, 1 for work without gradients. The backward is not counted itself: torch's
-    FlopCounterMode counts the gradient of a grouped (depthwise) convolution as a dense one's (66x a 64-channel
-    depthwise forward instead of 2x)."""
+def counting_flops(work, *args, passes: int = 3) -> tuple[object, int]:
+    """(what work returns, its FLOPs in this process): `passes` x the forward FLOPs (convolutions and matrix
+    products, 2 per multiply-accumulate) of every network pass in it: 3 for a training step, the usual estimate of
+    forward + backward, 1 for work without gradients. The backward is not counted itself: torch's FlopCounterMode
+    counts the gradient of a grouped (depthwise) convolution as a dense one's (66x a 64-channel depthwise forward
+    instead of 2x)."""
     with FlopCounterMode(display=False) as counter:
         result = work(*args)
     forward = sum(n for op, n in counter.get_flop_counts().get("Global", {}).items() if not str(op).endswith("_backward"))
-    flops = torch.tensor([passes * forward], dtype=torch.float64, device=accelerator.device)
-    return result, int(accelerator.reduce(flops, "sum").item())
+    return result, passes * forward
 
 
 def prepared(stage, batch: TrainingBatch) -> TrainingBatch:
@@ -159,9 +158,10 @@ def prepared(stage, batch: TrainingBatch) -> TrainingBatch:
 
 
 def counted_step(stage, batch: TrainingBatch, guard) -> tuple[dict, int]:
-    """(losses, FLOPs) of one training step: the no-gradient `prepared` once, train_step three times."""
-    batch, prepare_flops = counting_flops(stage.accelerator, prepared, stage, batch, passes=1)
-    losses, step_flops = counting_flops(stage.accelerator, stage.train_step, batch, guard)
+    """(losses, FLOPs in this process) of one training step: the no-gradient `prepared` once, train_step three
+    times."""
+    batch, prepare_flops = counting_flops(prepared, stage, batch, passes=1)
+    losses, step_flops = counting_flops(stage.train_step, batch, guard)
     return losses, prepare_flops + step_flops
 
 
@@ -247,7 +247,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     bar = progress_bar(accelerator, cfg.steps, progress.step, stage.name)
     started, started_step, wall_before, metrics = time.time(), progress.step, progress.wall_s, {}
     flops_key = getattr(stage, "flops_key", lambda batch: None)
-    step_flops = {}  # flops_key -> FLOPs of one step, counted on the first such step in this process
+    step_flops = {}  # flops_key -> this process's FLOPs of one step, counted on its first such step
     try:
         while progress.step < cfg.steps:
             _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
@@ -265,7 +265,9 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                     losses, step_flops[key] = counted_step(stage, inputs, guard)
                 else:
                     losses = stage.train_step(prepared(stage, inputs), guard)
-                progress.flops += step_flops[key]
+                # summed over processes every step: their batches, so their keys and FLOPs, may differ
+                progress.flops += int(accelerator.reduce(torch.tensor(
+                    [step_flops[key]], dtype=torch.float64, device=device), "sum").item())
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started
 

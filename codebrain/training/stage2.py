@@ -78,7 +78,9 @@ class StageTwo:
     def decoder_loss(self, prior: CodePrior, logits, batch: TrainingBatch):
         """L1 of the fine-tuned D_a on each missing contrast, decoded from the codes E_prior predicts (what it
         will decode at imputation time). No gradient reaches E_prior through the codes: the decoder adapts to
-        the prior's errors, the prior is still trained on the codes alone."""
+        the prior's errors, the prior is still trained on the codes alone. The mean is over the pairs of every
+        process (their batches miss different numbers of contrasts), so DDP's averaged gradient is the
+        single-process one."""
         with torch.no_grad():
             codes = prior.decoded_codes(logits)  # B x N x d' x h x w
         sample, target = (~batch.scenario_mask).nonzero(as_tuple=True)  # the missing (slice, contrast) pairs
@@ -88,7 +90,9 @@ class StageTwo:
             common = [skip[sample] for skip in skips], bottleneck[sample]
         latent = self.stage1.quantiser.codes_to_latent(codes[sample, target])  # M x d x h x w
         decoded = prior.decoder(latent, common)[:, 0]  # M x S x S
-        return (decoded - batch.image[sample, target]).abs().mean()
+        errors = (decoded - batch.image[sample, target]).abs()
+        pairs = self.accelerator.reduce(torch.tensor(float(len(sample)), device=errors.device), "mean")
+        return errors.sum() / (pairs * errors[0].numel())
 
     def imputer(self):
         return CodeBrainImputer(self.stage1, self.accelerator.unwrap_model(self.model))
