@@ -397,6 +397,8 @@ def test_two_processes_fine_tune_the_decoder_as_one(trained, store, tmp_path):
     train(tmp_path / "two.pt", 2)
     assert any(k.startswith("decoder.") for k in weights(tmp_path / "two.pt"))
     assert_same_weights(tmp_path / "one.pt", tmp_path / "two.pt", atol=1e-4)
+    flops = [torch.load(tmp_path / f"{n}.pt", weights_only=True)["metrics"]["train/flops"] for n in ("one", "two")]
+    assert flops[0] == flops[1] > 0  # each process counts its half (its own missing pairs); the steps sum them
     first = weights(tmp_path / "one.pt")  # and the decoder moved, so the comparison covers its training
     initial = torch.load(trained / "stage1.pt", weights_only=True)["model"]
     assert any(not torch.equal(first[k], initial[k]) for k in first if k.startswith("decoder."))

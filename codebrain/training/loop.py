@@ -152,6 +152,15 @@ def counting_flops(work, *args, passes: int = 3) -> tuple[object, int]:
     return result, passes * forward
 
 
+def summed_over_processes(accelerator, flops: int) -> int:
+    """A step's FLOPs over all processes, whose batches (so flops_keys and counts) may differ: one scalar
+    all-reduce per step under DDP, none in a single process (no device sync)."""
+    if accelerator.num_processes == 1:
+        return flops
+    total = torch.tensor([flops], dtype=torch.float64, device=accelerator.device)
+    return int(accelerator.reduce(total, "sum").item())
+
+
 def prepared(stage, batch: TrainingBatch) -> TrainingBatch:
     """The batch with what the stage's `prepare` adds from frozen networks (the batch itself if it has none)."""
     return stage.prepare(batch) if hasattr(stage, "prepare") else batch
@@ -265,9 +274,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                     losses, step_flops[key] = counted_step(stage, inputs, guard)
                 else:
                     losses = stage.train_step(prepared(stage, inputs), guard)
-                # summed over processes every step: their batches, so their keys and FLOPs, may differ
-                progress.flops += int(accelerator.reduce(torch.tensor(
-                    [step_flops[key]], dtype=torch.float64, device=device), "sum").item())
+                progress.flops += summed_over_processes(accelerator, step_flops[key])
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started
 
