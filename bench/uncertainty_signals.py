@@ -29,7 +29,7 @@ from tqdm import tqdm
 from codebrain.checkpoints import load_codebrain
 from codebrain.data.dataset import open_store
 from codebrain.evaluation.scenarios import all_scenarios, brain_masks, scenario_name
-from codebrain.evaluation.uncertainty import calibration
+from codebrain.evaluation.uncertainty import calibration, prior_outputs
 from codebrain.models.grading import sample_levels
 
 FLIPS = [(-1,), (-2,), (-1, -2)]
@@ -37,10 +37,8 @@ FLIPS = [(-1,), (-2,), (-1, -2)]
 
 def hard_imputation(stage1, prior, image, available):
     """(F_c, E_prior's logits, its hard codes) for the given contrasts of image (B x N x S x S)."""
-    mask = torch.from_numpy(available)
-    masked = image * mask[None, :, None, None]  # M_s
-    logits = prior(masked, mask[None].expand(len(image), -1))
-    return stage1.common_features(masked), logits, prior.predict(logits)
+    _, common, logits = prior_outputs(stage1, prior, image, available)
+    return common, logits, prior.predict(logits)
 
 
 @torch.no_grad()

@@ -32,16 +32,20 @@ def check_samplable(stage1) -> None:
                          f"dimension")
 
 
+def prior_outputs(stage1, prior, image: torch.Tensor, available: np.ndarray):
+    """(M_s, F_c = E_s(M_s), E_prior's logits) for the contrasts `available` of image (B x N x S x S)."""
+    mask = torch.from_numpy(available).to(image.device)
+    masked = image * mask[None, :, None, None]  # M_s
+    return masked, stage1.common_features(masked), prior(masked, mask[None].expand(len(image), -1))
+
+
 @torch.no_grad()
 def sample_imputations(stage1, prior, image: torch.Tensor, available: np.ndarray, samples: int = 8,
                        seed: int = 0) -> dict[str, torch.Tensor]:
     """image B x N x S x S -> {"hard", "mean", "std"}: each B x N x S x S, the missing channels imputed (clamped
     to [0, 1] like every output) and the given ones kept (their std is 0)."""
     check_samplable(stage1)
-    mask = torch.from_numpy(available).to(image.device)
-    masked = image * mask[None, :, None, None]  # M_s
-    common = stage1.common_features(masked)  # F_c, once
-    logits = prior(masked, mask[None].expand(len(image), -1))  # E_prior, once
+    masked, common, logits = prior_outputs(stage1, prior, image, available)  # E_s and E_prior, once
     hard_codes = prior.predict(logits)
     generator = torch.Generator(device=image.device).manual_seed(seed)
     drawn = sample_levels(prior.distribution(logits), samples, generator)  # K x B x maps x d x h x w
