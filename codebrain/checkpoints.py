@@ -17,7 +17,7 @@ from codebrain.models.direct import DirectRegressor
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
 from codebrain.models.segmenter import SegmenterConfig, build_segmenter
-from codebrain.tracking import git_commit
+from codebrain.provenance import git_commit
 
 CHECKPOINT_VERSION = 1
 

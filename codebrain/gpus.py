@@ -9,7 +9,6 @@ its GPUs without cleanup. Under SLURM the scheduler assigns the devices and noth
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import shutil
@@ -17,6 +16,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import filelock
 
 from codebrain.io import InputError
 
@@ -37,7 +38,7 @@ def default_lock_dir() -> Path:
 
 
 class GpuClaim:
-    """`count` of `devices`, each held by an open, exclusively locked file until release()."""
+    """`count` of `devices`, each held by an exclusive lock on its file (filelock) until release()."""
 
     def __init__(self, count: int, devices: list[str], lock_dir: Path | None = None, wait_s: float | None = None,
                  poll_s: float = 0.5):
@@ -46,18 +47,17 @@ class GpuClaim:
                              f"({','.join(devices) or 'none'}): lower training.gpus")
         lock_dir = lock_dir or default_lock_dir()
         lock_dir.mkdir(parents=True, exist_ok=True)
-        self.devices, self._files = [], []
+        self.devices, self._locks = [], []
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
             for device in devices:
-                handle = open(lock_dir / f"gpu{device}.lock", "w")
+                lock = filelock.FileLock(lock_dir / f"gpu{device}.lock", timeout=0, preserve_lock_file=True)
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    handle.close()
+                    lock.acquire()
+                except filelock.Timeout:
                     continue
                 self.devices.append(device)
-                self._files.append(handle)
+                self._locks.append(lock)
                 if len(self.devices) == count:
                     return
             self.release()  # all or nothing: two jobs holding half each would wait on each other forever
@@ -66,9 +66,9 @@ class GpuClaim:
             time.sleep(poll_s * (1 + random.random()))
 
     def release(self) -> None:
-        for handle in self._files:
-            handle.close()  # closing drops the lock
-        self.devices, self._files = [], []
+        for lock in self._locks:
+            lock.release()
+        self.devices, self._locks = [], []
 
 
 def run_with_gpus(count: int, command: list[str], devices: list[str] | None = None,

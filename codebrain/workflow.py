@@ -64,7 +64,10 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
     """onstart: refuse a GPU count this machine lacks or an MLflow server that does not answer, before any
     job; then open the parent MLflow run that the job runs nest under."""
     from codebrain.gpus import machine_gpus
-    from codebrain.tracking import StoreLockTimeout, error_line, git_commit, open_invocation
+    from codebrain.provenance import git_commit
+    from codebrain.tracking.lock import StoreLockTimeout
+    from codebrain.tracking.offline import error_line
+    from codebrain.tracking.runs import open_invocation
 
     gpus = config["training"]["gpus"]
     if local and gpus > (available := len(machine_gpus())):

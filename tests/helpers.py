@@ -63,6 +63,21 @@ def cli(*args, processes=1, check=True, env=None):
     return result
 
 
+def run_cli(*args):
+    """The codebrain CLI in this process, where a separate process is not the point: no interpreter start-up and no
+    second import of torch and mlflow. Fails the test on a non-zero exit. The environment is restored after it, as
+    a process's would be (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which the next command would read)."""
+    from codebrain.cli import main
+
+    environment = dict(os.environ)
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+    assert code == 0, f"codebrain {' '.join(map(str, args))} exited {code}"
+
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
 TINY_BRATS = REPO / "tests" / "config" / "tiny-brats.yaml"

@@ -10,14 +10,35 @@ import pytest
 
 from codebrain.gpus import GpuClaim
 
-REPORT = ("import json, os, sys, time; t0 = time.time(); time.sleep(float(sys.argv[1])); "
-          "print(json.dumps({'devices': os.environ['CUDA_VISIBLE_DEVICES'], 'start': t0, 'end': time.time()}))")
+# A job that says when it got its devices (a .started file), then holds them until a release file appears
+HOLD = """import json, os, pathlib, sys, time
+started, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+t0 = time.time()
+started.write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+while not release.exists():
+    time.sleep(0.02)
+print(json.dumps({"devices": os.environ["CUDA_VISIBLE_DEVICES"], "start": t0, "end": time.time()}))
+"""
 
 
-def with_gpus(count, lock_dir, seconds, devices="0,1,2,3,4,5,6,7"):
+def with_gpus(count, lock_dir, name, devices="0,1,2,3,4,5,6,7"):
+    """A job under `codebrain with-gpus`, holding its devices until release(lock_dir, name)."""
     return subprocess.Popen([sys.executable, "-m", "codebrain.cli", "with-gpus", "--count", str(count), "--devices",
-                             devices, "--lock-dir", str(lock_dir), "--", sys.executable, "-c", REPORT, str(seconds)],
+                             devices, "--lock-dir", str(lock_dir), "--", sys.executable, "-c", HOLD,
+                             str(lock_dir / f"{name}.started"), str(lock_dir / f"{name}.release")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def release(lock_dir, name):
+    (lock_dir / f"{name}.release").touch()
+
+
+def wait_started(lock_dir, name, process, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while not (lock_dir / f"{name}.started").exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"{name} never got its GPUs"
+        time.sleep(0.02)
 
 
 def report(process):
@@ -27,39 +48,48 @@ def report(process):
 
 
 def test_two_concurrent_four_gpu_jobs_get_disjoint_devices(tmp_path):
-    first, second = with_gpus(4, tmp_path, 2), with_gpus(4, tmp_path, 2)
+    first, second = with_gpus(4, tmp_path, "a"), with_gpus(4, tmp_path, "b")
+    wait_started(tmp_path, "a", first)
+    wait_started(tmp_path, "b", second)  # both hold their devices at once: neither is released yet
+    release(tmp_path, "a")
+    release(tmp_path, "b")
     a, b = report(first), report(second)
-    assert a["start"] < b["end"] and b["start"] < a["end"], "the two jobs should have run at the same time"
     devices_a, devices_b = set(a["devices"].split(",")), set(b["devices"].split(","))
     assert len(devices_a) == len(devices_b) == 4 and not devices_a & devices_b
 
 
 def test_a_job_waits_until_enough_gpus_are_free(tmp_path):
-    holder = with_gpus(6, tmp_path, 2)
+    holder = with_gpus(6, tmp_path, "holder")
+    wait_started(tmp_path, "holder", holder)
+    waiter = with_gpus(4, tmp_path, "waiter")  # only 2 free until the holder ends
+    release(tmp_path, "waiter")
     time.sleep(1.0)
-    waiter = with_gpus(4, tmp_path, 0)  # only 2 free until the holder ends
+    assert not (tmp_path / "waiter.started").exists() and waiter.poll() is None
+    release(tmp_path, "holder")
     held, waited = report(holder), report(waiter)
     assert waited["start"] >= held["end"]
 
 
 def test_a_killed_job_frees_its_gpus(tmp_path):
-    holder = with_gpus(8, tmp_path, 60)
-    time.sleep(1.5)
+    holder = with_gpus(8, tmp_path, "holder")
+    wait_started(tmp_path, "holder", holder)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     claim = GpuClaim(8, [str(i) for i in range(8)], tmp_path, wait_s=5)
     assert len(claim.devices) == 8
     claim.release()
+    release(tmp_path, "holder")  # its orphaned command ends too
 
 
 def test_more_gpus_than_the_machine_has_is_refused(tmp_path):
-    result = with_gpus(4, tmp_path, 0, devices="0,1")
+    result = with_gpus(4, tmp_path, "job", devices="0,1")
     _, err = result.communicate(timeout=60)
     assert result.returncode == 2 and "asks for 4 GPUs; this machine has 2" in err
 
 
 def test_zero_gpus_hides_every_device(tmp_path):
-    assert report(with_gpus(0, tmp_path, 0))["devices"] == ""
+    release(tmp_path, "job")
+    assert report(with_gpus(0, tmp_path, "job"))["devices"] == ""
 
 
 def test_no_command_is_an_error(tmp_path):

@@ -1,12 +1,24 @@
-"""The package's parts form a DAG of imports (docs/design.md, "Imports"): io and tracking at the bottom, then
-data and models, checkpoints, evaluation, training, and the CLI on top. A cycle fails here, naming it."""
+"""The package's parts import each other in the layer order docs/design.md draws ("Imports"): provenance and io
+at the bottom, the CLI on top, each part only from layers below it. A part importing upwards, or a part in no
+layer, fails here, naming the import; so does a cycle."""
 
 import ast
+import shutil
 from pathlib import Path
 
 import codebrain
 
 PACKAGE = Path(codebrain.__file__).parent
+LAYERS = [  # bottom first, as docs/design.md draws them
+    {"codebrain", "codebrain.provenance", "codebrain.io"},
+    {"codebrain.data", "codebrain.models", "codebrain.gpus"},
+    {"codebrain.checkpoints"},
+    {"codebrain.registry"},
+    {"codebrain.evaluation"},
+    {"codebrain.tracking", "codebrain.pyfunc_model"},
+    {"codebrain.training"},
+    {"codebrain.workflow", "codebrain.cli"},
+]
 
 
 def part(module: str) -> str:
@@ -15,11 +27,11 @@ def part(module: str) -> str:
     return ".".join(parts[:2])
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """Every import of a codebrain module by another part, function-level imports included."""
     graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        module = ".".join(("codebrain",) + path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    for path in package.rglob("*.py"):
+        module = ".".join(("codebrain",) + path.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
         graph.setdefault(part(module), set())
         for node in ast.walk(ast.parse(path.read_text())):
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
@@ -50,6 +62,30 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """"a -> b" for each import of a part from its own layer or above, and each part in no layer."""
+    layer = {part: level for level, parts in enumerate(LAYERS) for part in parts}
+    unplaced = [f"{part}: in no layer of LAYERS (docs/design.md)" for part in sorted(graph) if part not in layer]
+    upward = [f"{a} -> {b}" for a in sorted(graph) for b in sorted(graph[a])
+              if a in layer and layer.get(b, len(LAYERS)) >= layer[a]]
+    return unplaced + upward
+
+
+def test_a_planted_upward_import_is_caught(tmp_path):
+    """A copy of the package whose io module imports the training loop: a bottom layer importing the top."""
+    copy = tmp_path / "codebrain"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "io.py", "a") as handle:
+        handle.write("\n\ndef late():\n    from codebrain.training.loop import fit\n")
+    assert layer_violations(import_graph(copy)) == ["codebrain.io -> codebrain.training"]
+    (copy / "newpart.py").write_text("import codebrain.io\n")
+    assert "codebrain.newpart: in no layer of LAYERS (docs/design.md)" in layer_violations(import_graph(copy))
+
+
+def test_every_part_imports_only_from_layers_below_it():
+    assert layer_violations(import_graph()) == []
 
 
 def test_find_cycle_finds_a_planted_cycle():

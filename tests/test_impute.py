@@ -175,7 +175,7 @@ def test_impute_names_a_missing_model(tmp_path):
     assert result.returncode == 2 and "none.pt: no such checkpoint" in result.stderr
 
 
-def fill_missing_with_one(stage1, prior, image, available):
+def fill_missing_with_one(imputer, image, available):
     """Stands in for the network: every missing contrast is 1 over the whole window, so what the output covers is
     the resampling and windowing alone."""
     import torch
@@ -190,16 +190,15 @@ def test_a_real_1mm_case_with_a_4mm_model_is_imputed_over_the_whole_brain(workdi
     (in tiles where the window is narrower than the brain) and resampled back onto its own grid: the output covers
     the brain, not a 40-voxel square of it."""
     import codebrain.evaluation.impute as imputation
-    from codebrain.checkpoints import load_codebrain
     from conftest import REALDATA
 
     path, _ = workdir
-    stage1, prior, data = load_codebrain(path / "results" / "tiny" / "models" / "codebrain" / "stage2.pt")
+    imputer, data = imputation.load_imputation_model(path / "results" / "tiny" / "models" / "codebrain" / "stage2.pt")
     assert data["voxel_size"] == [4, 4, 4] and data["size"] == 40
     monkeypatch.setattr(imputation, "impute", fill_missing_with_one)
     case = REALDATA / "brats2023" / "BraTS-GLI-00000-000"
     inputs = {"T1": case / "BraTS-GLI-00000-000-t1n.nii.gz", "T2": case / "BraTS-GLI-00000-000-t2w.nii.gz"}
-    report = imputation.impute_scans(stage1, prior, {**data, "size": size}, inputs, "PD", tmp_path / "pd.nii.gz")
+    report = imputation.impute_scans(imputer, {**data, "size": size}, inputs, "PD", tmp_path / "pd.nii.gz")
     assert report["resampled_to"] == [4, 4] and report["window"] == window and (report["windows"] > 1) == (size == 16)
     imputed, t1 = nib.load(tmp_path / "pd.nii.gz"), nib.load(inputs["T1"])
     assert imputed.shape == t1.shape and np.allclose(imputed.affine, t1.affine)

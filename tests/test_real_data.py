@@ -196,7 +196,7 @@ def test_a_copied_project_reruns_nothing_and_logs_into_its_own_store(workdir, tm
     copy's SQLite store points its MLflow artefacts at the copy, not at the original folder."""
     from mlflow.tracking import MlflowClient
 
-    from codebrain.tracking import experiment_id
+    from codebrain.tracking.runs import experiment_id
 
     original, _ = workdir
     copy, checkout = tmp_path / "moved-results", tmp_path / "moved-checkout"

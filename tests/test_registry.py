@@ -79,6 +79,44 @@ def test_impute_takes_a_models_uri_as_well_as_a_path(workdir, store_uri, tmp_pat
     assert missing.returncode == 2 and "models:/tiny-nothing@champion: not in the model registry" in missing.stderr
 
 
+def registered_version(uri, experiment, checkpoint):
+    """The registered version that holds this checkpoint (by its sha256 tag): the one a URI must resolve to."""
+    from codebrain.io import sha256sum
+
+    digest = sha256sum(checkpoint)
+    versions = client_for(uri).search_model_versions(f"name = 'tiny-{experiment}'")
+    return next(v.version for v in versions if v.tags.get("checkpoint.sha256") == digest)
+
+
+def test_impute_and_bids_take_either_kind_of_model_by_path_and_by_uri(workdir, store_uri, tmp_path):
+    """CodeBrain and the direct regressor alike: `codebrain impute` writes the same volume by path and by models:/
+    URI, and `codebrain bids` the same again as a derivative; the two kinds impute differently (each model is
+    used). A registered subject's volumes share one grid, so no registration stands in the way."""
+    out = workdir[0] / "results" / "tiny"
+    subject = sorted(p.name for p in (out / "registered").iterdir())[0]
+    scans = {c: out / "registered" / subject / f"{c}.nii.gz" for c in ("T1", "T2")}
+    inputs = [arg for c, scan in scans.items() for arg in ("--input", f"{c}={scan}")] + ["--target", "PD"]
+    bids = tmp_path / "rawdata"
+    (bids / "sub-01" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.10.0"}')
+    for contrast, scan in scans.items():
+        (bids / "sub-01" / "anat" / f"sub-01_{contrast}w.nii.gz").symlink_to(scan)
+    env, imputed = {"MLFLOW_TRACKING_URI": store_uri}, {}
+    for experiment in ("codebrain", "direct"):
+        checkpoint = out / "models" / experiment / f"{EXPERIMENTS[experiment]}.pt"
+        uri = f"models:/tiny-{experiment}/{registered_version(store_uri, experiment, checkpoint)}"
+        volumes = []
+        for n, model in enumerate((checkpoint, uri)):
+            cli("impute", "--model", model, *inputs, "--out", tmp_path / f"{experiment}-{n}.nii.gz", env=env)
+            cli("bids", bids, tmp_path / f"{experiment}-{n}", "participant", "--model", model, env=env)
+            volumes += [tmp_path / f"{experiment}-{n}.nii.gz",
+                        tmp_path / f"{experiment}-{n}" / "codebrain/sub-01/anat/sub-01_desc-imputed_PDw.nii.gz"]
+        first, *others = [nib.load(v).get_fdata(dtype=np.float32) for v in volumes]
+        assert first.max() > 0 and all(np.array_equal(first, other) for other in others), experiment
+        imputed[experiment] = first
+    assert np.abs(imputed["codebrain"] - imputed["direct"]).max() > 0.01
+
+
 def test_runs_show_their_slice_store_and_evaluations_the_version_they_scored(workdir, store_uri):
     import mlflow
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.io import InputError
-from codebrain.data.slices import (SPLITS, SliceConfig, assign_splits, build_store, crop_pad, extract_subject,
-                                   normalisation_range, normalise)
+from codebrain.data.slices import SliceConfig, crop_pad, extract_subject, normalisation_range, normalise
+from codebrain.data.store import SPLITS, assign_splits, build_store
 from conftest import REALDATA
 
 BRATS = REALDATA / "brats2023" / "BraTS-GLI-00000-000"
@@ -180,7 +180,10 @@ def test_dataset_items_are_deterministic_per_epoch(tmp_path):
     assert torch.equal(batch["anchor"], torch.tensor([dataset[i]["anchor"] for i in range(4)]))
     assert not item["scenario_mask"][item["anchor"]]
     masks = [dataset[i]["scenario_mask"].tolist() for i in range(len(dataset))]
-    assert masks == [dataset[i]["scenario_mask"].tolist() for i in range(len(dataset))]
+    again = SliceDataset(tmp_path / "store", "train", seed=3)  # a fresh instance, as a resumed run builds
+    assert masks == [again[i]["scenario_mask"].tolist() for i in range(len(again))]
+    other = SliceDataset(tmp_path / "store", "train", seed=4)
+    assert masks != [other[i]["scenario_mask"].tolist() for i in range(len(other))]
     draws = []
     for epoch in range(6):
         dataset.set_epoch(epoch)
@@ -218,7 +221,10 @@ def test_augmented_dataset_items_are_deterministic_and_refuse_cached_codes(tmp_p
     make_store(tmp_path)
     plain = SliceDataset(tmp_path / "store", "train", seed=3)
     augmented = SliceDataset(tmp_path / "store", "train", seed=3, augment=["flip", "rot90"])
-    assert torch.equal(augmented[2]["image"], augmented[2]["image"])
+    again = SliceDataset(tmp_path / "store", "train", seed=3, augment=["flip", "rot90"])
+    assert all(torch.equal(augmented[i]["image"], again[i]["image"]) for i in range(len(plain)))
+    again.set_epoch(1)  # another epoch draws other transforms
+    assert any(not torch.equal(augmented[i]["image"], again[i]["image"]) for i in range(len(plain)))
     assert augmented[2]["image"].dtype == plain[2]["image"].dtype
     assert any(not torch.equal(augmented[i]["image"], plain[i]["image"]) for i in range(len(plain)))
     assert torch.equal(augmented[2]["scenario_mask"], plain[2]["scenario_mask"])  # the scenario draw is unchanged

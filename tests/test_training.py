@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from conftest import REALDATA
-from helpers import CONTRASTS, MODEL, REPO, cli, make_store
+from helpers import CONTRASTS, MODEL, REPO, cli, make_store, run_cli
 
 from codebrain.io import InputError
 from codebrain.training.loop import GlobalBatches
@@ -300,31 +301,100 @@ def test_refusals_name_the_mismatch(trained, store, tmp_path):
     assert result.returncode == 2 and "widht" in result.stderr
 
 
-@pytest.mark.parametrize("variant", [
-    {"protocol": "release", "model": {"decoder_width": 16, "decoder_blocks": 1, "common_width": 4, "prior_width": 4,
-                                      "levels": [8, 8, 8, 5, 5, 5]}},
-    {"model": {"quantiser": "vq", "codebook_size": 300}},
-    {"model": {"quantiser": "continuous", "common_features": False}},
-    {"model": {"decoder_skips": False, "prior_availability": True, "prior_decode": "expected"},
-     "stage2": {"code_missing_weight": 4.0}},
-    {"model": {}, "stage1": {"augment": ["flip", "rot90", "affine", "elastic"]}, "stage2": {"augment": ["flip"]}},
-])
-def test_protocols_and_ablations_train_through_both_stages(store, tmp_path, variant):
+def first_logged_step(uri, run_record, metric):
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads(Path(run_record).read_text())["run_id"]
+    return min(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
+
+
+def check_release(stage1, prior, codes, experiment, tmp_path):
+    """One joint code of all contrasts at 8,8,8,5,5,5 levels; the wide decoder gives every contrast at once; the
+    PSNR loss weights 5 (given) / 20 (missing); an LSGAN from 20 % of the steps."""
+    from codebrain.models.reconstructor import WideDecoder
+
+    assert (codes.dtype, codes.shape) == (np.uint8, (16, 1, 6, 4, 4)) and stage1.cfg.levels == [8, 8, 8, 5, 5, 5]
+    assert isinstance(stage1.decoder, WideDecoder)
+    image = torch.rand(2, 3, 16, 16)
+    latent = stage1.quantiser.codes_to_latent(stage1.encode(image)[:, 0])
+    assert stage1.decoder(latent, stage1.common_features(image)).shape == (2, 3, 16, 16)
+    stage = experiment["stage1"]
+    assert (stage["available_weight"], stage["missing_weight"], stage["gan_loss"]) == (5.0, 20.0, "lsgan")
+    return int(stage["gan_start"] * stage["steps"])
+
+
+def check_vq(stage1, prior, codes, experiment, tmp_path):
+    """One codebook index per contrast and position, a commitment loss that is not FSQ's zero."""
+    assert (codes.dtype, codes.shape) == (np.uint16, (16, 3, 1, 4, 4)) and codes.max() < 300
+    _, _, quantiser_loss = stage1.quantiser(torch.randn(2, stage1.cfg.code_dim, 4, 4))
+    assert quantiser_loss.item() > 0
+
+
+def check_continuous(stage1, prior, codes, experiment, tmp_path):
+    """Unrounded codes, and no F_c: E_s is gone and D_a's fusion sees the code alone."""
+    assert (codes.dtype, codes.shape) == (np.float16, (16, 3, 3, 4, 4))
+    assert not np.allclose(codes, np.round(codes))
+    assert stage1.common is None and stage1.common_features(torch.rand(1, 3, 16, 16)) is None
+    assert stage1.decoder.fuse.in_channels == stage1.cfg.code_dim
+
+
+def check_no_skips(stage1, prior, codes, experiment, tmp_path):
+    """D_a without F_c's skips; E_prior sees the availability bits and decodes expected levels; missing maps
+    weigh 4 in the code loss."""
+    assert not stage1.decoder.skips
+    first_conv = next(m for m in prior.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 2 * 3  # the masked stack and its availability planes
+    logits = prior(torch.rand(2, 3, 16, 16), torch.tensor([[True, False, True]] * 2))
+    expected_levels = prior.decoded_codes(logits)
+    assert not torch.equal(expected_levels, expected_levels.round())  # sum_j j P(level = j), not a count
+    assert experiment["stage2"]["code_missing_weight"] == 4.0
+
+
+def check_augmented(stage1, prior, codes, experiment, tmp_path):
+    """Each stage's transforms reach its training (what they do to the slices and to Stage II's FLOPs:
+    tests/test_slices.py and test_an_augmented_stage2_counts_encoding_its_codes_as_one_forward_pass)."""
+    assert experiment["stage1"]["augment"] == ["flip", "rot90", "affine", "elastic"]
+    assert experiment["stage2"]["augment"] == ["flip"]
+
+
+VARIANTS = {
+    "release": ({"protocol": "release", "model": {"decoder_width": 16, "decoder_blocks": 1, "common_width": 4,
+                                                   "prior_width": 4, "levels": [8, 8, 8, 5, 5, 5]}}, check_release),
+    "vq": ({"model": {"quantiser": "vq", "codebook_size": 300}}, check_vq),
+    "continuous": ({"model": {"quantiser": "continuous", "common_features": False}}, check_continuous),
+    "no-skips": ({"model": {"decoder_skips": False, "prior_availability": True, "prior_decode": "expected"},
+                  "stage2": {"code_missing_weight": 4.0}}, check_no_skips),
+    "augmented": ({"model": {}, "stage1": {"augment": ["flip", "rot90", "affine", "elastic"]},
+                   "stage2": {"augment": ["flip"]}}, check_augmented),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_protocols_and_ablations_train_through_both_stages_as_themselves(store, tmp_path, name):
+    """Each variant through Stage I, the code cache and Stage II (the CLI in this process), then what makes it that
+    variant, on the rebuilt networks; and for all, the GAN's start: the discriminator's first logged step is
+    gan_start of the steps after the first."""
+    from codebrain.checkpoints import codebrain_from, load_checkpoint
+
+    variant, check = VARIANTS[name]
     config = {"protocol": variant.get("protocol", "paper"), "model": {**MODEL, **variant["model"]},
-              "stage1": {"steps": 3, "batch_size": 4, "validate_every": 3, "gan_start": 0.3, **variant.get("stage1", {})},
+              "stage1": {"steps": 5, "batch_size": 4, "validate_every": 5, "log_every": 1, "gan_start": 0.4,
+                         **variant.get("stage1", {})},
               "stage2": {"steps": 2, "batch_size": 4, "validate_every": 2, **variant.get("stage2", {})}}
-    cli(*stage1_args(store, tmp_path / "stage1.pt", config, tmp_path))
-    cli("cache-codes", "--store", store, "--stage1", tmp_path / "stage1.pt", "--out-dir", tmp_path / "codes",
-        "--contrasts", *CONTRASTS, "--results", tmp_path)
-    cli("train-stage2", "--store", store, "--stage1", tmp_path / "stage1.pt", "--codes", tmp_path / "codes", "--out",
-        tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path)
-    codes = np.load(tmp_path / "codes" / "train.npy")
-    expected = {"release": (np.uint8, (16, 1, 6, 4, 4)), "vq": (np.uint16, (16, 3, 1, 4, 4)),
-                "continuous": (np.float16, (16, 3, 3, 4, 4)), "fsq": (np.uint8, (16, 3, 3, 4, 4))}
-    kind = variant.get("protocol") or variant["model"].get("quantiser", "fsq")
-    assert (codes.dtype, codes.shape) == expected[kind]
-    metrics = torch.load(tmp_path / "stage2.pt", weights_only=True)["metrics"]
-    assert np.isfinite(metrics["val/psnr_stage2"])
+    run_cli(*stage1_args(store, tmp_path / "stage1.pt", config, tmp_path))
+    run_cli("cache-codes", "--store", store, "--stage1", tmp_path / "stage1.pt", "--out-dir", tmp_path / "codes",
+            "--contrasts", *CONTRASTS, "--results", tmp_path)
+    run_cli("train-stage2", "--store", store, "--stage1", tmp_path / "stage1.pt", "--codes", tmp_path / "codes",
+            "--out", tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config),
+            "--results", tmp_path)
+    payload = load_checkpoint(tmp_path / "stage2.pt", "stage2")
+    stage1, prior, _ = codebrain_from(payload)
+    experiment = torch.load(tmp_path / "stage1.pt", weights_only=True)["experiment"]
+    gan_from = check(stage1, prior, np.load(tmp_path / "codes" / "train.npy"), experiment, tmp_path)
+    uri, record = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "stage1.pt.run.json"
+    assert first_logged_step(uri, record, "train/disc_loss") - first_logged_step(uri, record, "train/psnr_loss") \
+        == (gan_from if gan_from is not None else int(0.4 * 5))
+    assert np.isfinite(payload["metrics"]["val/psnr_stage2"])
 
 
 def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicted_codes(trained, store, tmp_path):
@@ -486,7 +556,7 @@ def test_parallel_jobs_share_one_sqlite_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job = ("import sys; from codebrain.tracking import Tracker; t = Tracker(True, sys.argv[1], 'parallel', sys.argv[2]); "
+    job = ("import sys; from codebrain.tracking.tracker import Tracker; t = Tracker(True, sys.argv[1], 'parallel', sys.argv[2]); "
            "[t.log_metrics({'loss': i}, i) for i in range(15)]; t.finish(None)")
     processes = [subprocess.Popen([sys.executable, "-c", job, uri, f"job{i}"], stderr=subprocess.PIPE, text=True)
                  for i in range(4)]
@@ -505,7 +575,7 @@ def test_sqlite_artefacts_live_beside_the_database(tmp_path):
     store, elsewhere = tmp_path / "results", tmp_path / "cwd"
     elsewhere.mkdir()
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    job = ("import sys, pathlib; from codebrain.tracking import Tracker; t = Tracker(True, sys.argv[1], 'where', 'job'); "
+    job = ("import sys, pathlib; from codebrain.tracking.tracker import Tracker; t = Tracker(True, sys.argv[1], 'where', 'job'); "
            "pathlib.Path('note.txt').write_text('hello'); t.log_artifact('note.txt'); t.finish(None)")
     subprocess.run([sys.executable, "-c", job, uri], cwd=elsewhere, check=True)
     client = MlflowClient(uri)
@@ -516,10 +586,10 @@ def test_sqlite_artefacts_live_beside_the_database(tmp_path):
 
 def test_a_held_store_lock_times_out_naming_its_holder(tmp_path):
     """A job stuck inside the SQLite store's lock no longer makes every other command wait forever."""
-    from codebrain.tracking import StoreLockTimeout, store_lock
+    from codebrain.tracking.lock import StoreLockTimeout, store_lock
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    hold = "import sys, time\nfrom codebrain.tracking import store_lock\nwith store_lock(sys.argv[1]):\n" \
+    hold = "import sys, time\nfrom codebrain.tracking.lock import store_lock\nwith store_lock(sys.argv[1]):\n" \
            "    print('held', flush=True)\n    time.sleep(120)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold, uri], stdout=subprocess.PIPE, text=True)
     try:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codebrain {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from codebrain.tracking import StoreLockTimeout
+        from codebrain.tracking.lock import StoreLockTimeout
         from codebrain.training.loop import TrainingDiverged
 
         if not isinstance(err, (TrainingDiverged, StoreLockTimeout)):

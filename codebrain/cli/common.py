@@ -56,7 +56,7 @@ def store_uri(args) -> str:
     import os
     import sys
 
-    from codebrain.tracking import tracking_uri
+    from codebrain.tracking.runs import tracking_uri
 
     uri = tracking_uri(args.tracking_uri, args.results)
     if not args.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -70,7 +70,8 @@ def step_run(args, rule: str, run_name: str, params: dict | None = None, record:
     """The MLflow run of one step, nested under the invocation's run: FINISHED with its run record when the
     block ends, FAILED if it raises. params default to the command's arguments. Disabled when the command
     gets no --dataset (data commands run by hand)."""
-    from codebrain.tracking import Tracker, git_commit
+    from codebrain.provenance import git_commit
+    from codebrain.tracking.tracker import Tracker
     from codebrain.training.config import config_hash
 
     if not args.dataset:

@@ -89,7 +89,8 @@ def cmd_extract_slices(args):
 def cmd_build_store(args):
     import pandas as pd
 
-    from codebrain.data.slices import assign_splits, build_store, slice_config
+    from codebrain.data.slices import slice_config
+    from codebrain.data.store import assign_splits, build_store
 
     subject_files = {Path(f).name.removesuffix(".npz"): Path(f) for f in args.subject_slices}
     split_table = pd.read_csv(args.split_table, sep="\t") if args.split_table else None

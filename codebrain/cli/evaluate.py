@@ -32,27 +32,27 @@ def cmd_evaluate(args):
 
 
 def cmd_compare(args):
-    from codebrain.evaluation.evaluate import compare_experiments
+    from codebrain.evaluation.compare import compare_experiments
 
+    benchmarks = {method: [Path(f) for f in str(files).split(",")]
+                  for method, files in named_files(args.benchmarks or []).items()}
     with step_run(args, "compare_experiments", "compare_experiments") as tracker:
         markdown = compare_experiments({name: Path(path) for name, path in named_files(args.summary).items()},
-                                       Path(args.out), Path(args.markdown),
-                                       Path(args.benchmarks) if args.benchmarks else None)
+                                       Path(args.out), Path(args.markdown), benchmarks if args.benchmarks else None)
         tracker.log_artifact(args.out)
         tracker.log_artifact(args.markdown)
     print(markdown)
 
 
 def cmd_impute_split(args):
-    from codebrain.checkpoints import load_codebrain
+    from codebrain.evaluation.evaluate import load_imputer
     from codebrain.evaluation.impute import impute_subjects
 
-    stage1, prior, _ = load_codebrain(Path(args.model), args.contrasts)
-    device = default_device()
+    imputer, _ = load_imputer(Path(args.model), args.contrasts, default_device(), reconstruct=False)
     references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
     with step_run(args, "impute_test_subjects", f"impute_test_subjects/{args.experiment}", experiment=args.experiment,
                   split=args.split, **{"volumes.path": Path(args.out_dir).resolve()}) as tracker:
-        table = impute_subjects(stage1.to(device), prior.to(device), Path(args.store), references,
+        table = impute_subjects(imputer, Path(args.store), references,
                                 Path(args.out_dir), args.split, uncertainty_samples=args.uncertainty_samples)
         tracker.log_metrics({"volumes": len(table), "subjects": table.subject.nunique()})
         tracker.log_artifact(Path(args.out_dir) / "imputed.tsv")  # the volumes themselves stay on disk (large)
@@ -95,8 +95,7 @@ def cmd_evaluate_segmentation(args):
 
 
 def cmd_impute(args):
-    from codebrain.checkpoints import load_codebrain
-    from codebrain.evaluation.impute import impute_scans, std_path
+    from codebrain.evaluation.impute import impute_scans, load_imputation_model, std_path
     from codebrain.registry import resolve_model
 
     inputs, out = named_files(args.input), Path(args.out)
@@ -106,12 +105,11 @@ def cmd_impute(args):
     for path in [out] + ([std_path(out)] if args.uncertainty else []):
         if path.exists() and not args.overwrite:
             raise InputError(f"--out {path}: exists; pass --overwrite to replace it")
-    stage1, prior, data = load_codebrain(resolve_model(args.model))
+    imputer, data = load_imputation_model(resolve_model(args.model), default_device())
     if "size" not in data:
-        raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain Stage I")
-    device = default_device()
+        raise InputError(f"{args.model}: trained before checkpoints recorded their slice store; retrain it")
     with scratch_folder(out.parent, f".{out.name}.register") as work_dir:  # beside the output, swept if left
-        report = impute_scans(stage1.to(device), prior.to(device), data, inputs, args.target, out, args.register,
+        report = impute_scans(imputer, data, inputs, args.target, out, args.register,
                               args.outside, work_dir, args.uncertainty)
     first, last = report["trained_range"]
     print(f"{args.out}: {args.target} imputed on {report['slices']} slices (normalised units, 0-1)")
@@ -166,7 +164,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--summary", action="append", required=True, metavar="EXPERIMENT=SUMMARY_CSV")
     p.add_argument("--out", required=True)
     p.add_argument("--markdown", required=True)
-    p.add_argument("--benchmarks", help="the workflow's benchmarks folder: training wall time per method")
+    p.add_argument("--benchmarks", action="append", metavar="EXPERIMENT/METHOD=BENCHMARK_TSV[,...]",
+                   help="a method's training jobs' Snakemake benchmark files: its training wall time")
     add_tracking_arguments(p)
     p.set_defaults(func=cmd_compare)
 

@@ -13,7 +13,7 @@ from codebrain.io import InputError
 
 def run_spec(args, rule: str):
     """Where a training run reads and writes and how it is tracked (the loop opens its own MLflow run)."""
-    from codebrain.tracking import git_commit
+    from codebrain.provenance import git_commit
     from codebrain.training.config import config_hash
     from codebrain.training.loop import RunSpec
 
@@ -51,7 +51,7 @@ def cmd_cache_codes(args):
 
 
 def cmd_sync_tracking(args):
-    from codebrain.tracking import pending_dir, sync_pending
+    from codebrain.tracking.offline import pending_dir, sync_pending
 
     folder = Path(args.pending) if args.pending else pending_dir(args.tracking_uri or "")
     if not folder.is_dir():

@@ -1,4 +1,4 @@
-"""Axial slices from registered volumes, and the per-split slice store.
+"""Axial slices from registered volumes, one subject at a time (the per-split store: data/store.py).
 
 Per subject (`extract_subject`): volumes reoriented to RAS (axis 2 is axial) and, with
 `spacing`, resampled to that voxel size (labels nearest-neighbour: `working_grid`), the middle K
@@ -6,28 +6,20 @@ axial slices of the brain (or a given range; with `train_extent: brain` every sl
 of which training subjects keep all and the others the middle K), cropped/padded to S x S around the brain, each
 contrast min-max normalised to [0, 1] (optionally between robust percentiles). The
 normalisation range and crop are kept so imputations can go back to the original scale and grid.
-
-Per split (`build_store`): one memory-mapped array slices x contrasts x S x S, a table of
-(subject, z) rows, and the per-volume normalisation table.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from codebrain.io import InputError, write_atomic
 from codebrain.data.layouts import brats_labels
 from codebrain.data.nifti import load_volume
-
-SPLITS = ("train", "val", "test")
-
 
 @dataclass
 class SliceConfig:
@@ -226,97 +218,6 @@ def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], 
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
     return {"subject": subject, "first_slice": int(first), "last_slice": int(last), "corner": corner}
-
-
-def assign_splits(subjects: list[str], fractions: dict[str, float], seed: int,
-                  split_table: pd.DataFrame | None = None) -> dict[str, str]:
-    """subject -> split: from the authors' table when given, else a seeded shuffle by fractions."""
-    if split_table is not None:
-        known = dict(zip(split_table["subject"], split_table["split"]))
-        return {s: known[s] for s in subjects if s in known}
-    order = list(np.random.default_rng(seed).permutation(sorted(subjects)))
-    total = sum(fractions.values())
-    wanted = [s for s in SPLITS if fractions.get(s, 0.0) > 0]
-    if len(order) < len(wanted):
-        raise InputError(f"{len(order)} subjects are too few for splits {fractions}")
-    # every split asked for gets at least one subject; train takes the rest
-    counts = {s: max(1, int(round(len(order) * fractions[s] / total))) if s in wanted else 0 for s in SPLITS}
-    counts["train"] = len(order) - counts["val"] - counts["test"]
-    assignment, start = {}, 0
-    for name in SPLITS:
-        for subject in order[start: start + counts[name]]:
-            assignment[str(subject)] = name
-        start += counts[name]
-    return assignment
-
-
-def split_rows(npz, split: str) -> np.ndarray:
-    """Indices of a subject's extracted slices that its split keeps: all for training, the middle K (the
-    slices every split shares) for validation and test."""
-    z = npz["z"]
-    if split == "train" or "middle" not in npz:
-        return np.arange(len(z))
-    first, last = npz["middle"]
-    return np.flatnonzero((z >= first) & (z <= last))
-
-
-def build_store(subject_files: dict[str, Path], assignment: dict[str, str], contrasts: list[str],
-                out_dir: Path, slicing: SliceConfig | None = None) -> dict:
-    """Concatenate per-subject npz files into one memory-mapped array per split.
-
-    store.json keeps the slicing config, so a model trained on the store can slice new scans the same way.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"contrasts": list(contrasts), "splits": {}, "slicing": asdict(slicing or SliceConfig())}
-    normalisation_rows, geometry_rows, voxel_sizes = [], [], []
-    for split in SPLITS:
-        subjects = sorted(s for s, name in assignment.items() if name == split)
-        loaded = [(s, np.load(subject_files[s])) for s in subjects]
-        kept = {s: split_rows(npz, split) for s, npz in loaded}
-        total = sum(len(kept[s]) for s, _ in loaded)
-        if total == 0:
-            raise InputError(f"split {split!r} has no subjects (assignment of {len(assignment)} subjects)")
-        first = loaded[0][1]
-        size, dtype = first["slices"].shape[-1], first["slices"].dtype
-        has_labels = all("labels" in npz for _, npz in loaded)
-        rows = []
-        with write_atomic(out_dir / f"{split}.npy") as tmp:
-            store = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, len(contrasts), size, size))
-            label_store = np.zeros((total, size, size), np.uint8) if has_labels else None
-            offset = 0
-            for subject, npz in loaded:
-                rows_kept = kept[subject]
-                count = len(rows_kept)
-                store[offset: offset + count] = npz["slices"][rows_kept]
-                if has_labels:
-                    label_store[offset: offset + count] = npz["labels"][rows_kept]
-                rows += [{"subject": subject, "z": int(z)} for z in npz["z"][rows_kept]]
-                for contrast, (low, high) in zip(contrasts, npz["normalisation"]):
-                    normalisation_rows.append({"subject": subject, "contrast": contrast, "low": low, "high": high})
-                x0, y0 = npz["corner"]
-                voxel_sizes.append(npz["voxel_size"])
-                geometry_rows.append({"subject": subject, "split": split, "x0": int(x0), "y0": int(y0),
-                                      "shape": "x".join(map(str, npz["volume_shape"]))})
-                offset += count
-            store.flush()
-            del store
-        if has_labels:
-            with write_atomic(out_dir / f"{split}_labels.npy") as tmp:
-                np.save(tmp, label_store)
-        with write_atomic(out_dir / f"{split}.tsv") as tmp:
-            pd.DataFrame(rows).to_csv(tmp, sep="\t", index_label="index")
-        summary["splits"][split] = {"subjects": len(subjects), "slices": total, "labels": has_labels}
-    # what a model trained on the store needs to slice a new scan alike: crop size, orientation, voxel size
-    summary.update(size=int(size), dtype=str(dtype), orientation="RAS",
-                   voxel_size=[round(float(v), 4) for v in np.median(voxel_sizes, axis=0)])
-    with write_atomic(out_dir / "normalisation.tsv") as tmp:
-        pd.DataFrame(normalisation_rows).to_csv(tmp, sep="\t", index=False)
-    with write_atomic(out_dir / "geometry.tsv") as tmp:
-        pd.DataFrame(geometry_rows).to_csv(tmp, sep="\t", index=False)
-    with write_atomic(out_dir / "store.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
-    return summary
 
 
 def slice_config(section: dict) -> SliceConfig:

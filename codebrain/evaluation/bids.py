@@ -13,8 +13,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codebrain import __version__
 from codebrain.io import InputError, scratch_folder, sha256sum, write_atomic
+from codebrain.provenance import code_version
 
 BIDS_VERSION = "1.10.0"
 # contrast -> (BIDS suffix, entities before desc): the anatomical suffixes of the BIDS specification
@@ -91,11 +91,10 @@ def derivative_path(visit: Visit, contrast: str, desc: str, extension: str = ".n
 
 
 def write_dataset_description(out_dir: Path, bids_dir: Path) -> None:
-    from codebrain.tracking import git_commit
-
+    version = code_version()
     description = {"Name": "CodeBrain imputed contrasts", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-                   "GeneratedBy": [{"Name": "codebrain", "Version": __version__,
-                                    "Description": f"git commit {git_commit()}"}],
+                   "GeneratedBy": [{"Name": "codebrain", "Version": version["version"],
+                                    "Description": f"git commit {version['git_commit']}"}],
                    "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
                    "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()}}
     with write_atomic(out_dir / "dataset_description.json") as tmp:
@@ -111,8 +110,7 @@ def model_record(uri: str, checkpoint: Path, data: dict) -> dict:
 
 
 def sidecar(visit: Visit, bids_dir: Path, model: dict, data: dict, report: dict, samples: int, kind: str) -> dict:
-    from codebrain.tracking import git_commit
-
+    version = code_version()
     return {
         "Description": (f"{kind} by CodeBrain from the subject's other contrasts" if kind == "imputed" else
                         f"per-voxel standard deviation of {samples} images decoded from codes sampled from E_prior"),
@@ -121,7 +119,7 @@ def sidecar(visit: Visit, bids_dir: Path, model: dict, data: dict, report: dict,
         "Normalisation": {key: value for key, value in data.get("slicing", {}).items()
                           if key in ("normalisation", "lower_percentile", "upper_percentile")},
         "CodeBrainModel": model,
-        "CodeBrainVersion": {"Version": __version__, "GitCommit": git_commit()},
+        "CodeBrainVersion": {"Version": version["version"], "GitCommit": version["git_commit"]},
         "InputVoxelSize": [float(v) for v in report["input_voxel_size"]],
         "ResampledTo": report["resampled_to"],
         "ImputedSlices": report["slices"],
@@ -135,7 +133,7 @@ def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: dict, loade
     from codebrain.data.registration import register_subject
     from codebrain.evaluation.impute import impute_scans
 
-    stage1, prior, data = loaded
+    imputer, data = loaded
     inputs = dict(visit.scans)
     written = []
     with scratch_folder(out_dir / visit.folder(), f".{visit.label}.register") as work_dir:  # swept if left
@@ -145,7 +143,7 @@ def impute_visit(visit: Visit, bids_dir: Path, out_dir: Path, model: dict, loade
         for target in targets:
             image = out_dir / derivative_path(visit, target, "imputed")
             spread = out_dir / derivative_path(visit, target, "uncertainty")
-            report = impute_scans(stage1, prior, data, inputs, target, image, uncertainty_samples=samples,
+            report = impute_scans(imputer, data, inputs, target, image, uncertainty_samples=samples,
                                   std_out=spread)
             for path, kind in [(image, "imputed")] + ([(spread, "uncertainty")] if samples else []):
                 with write_atomic(path.with_name(path.name.replace(".nii.gz", ".json"))) as tmp:
@@ -160,20 +158,19 @@ def run_bids_app(bids_dir: Path, out_dir: Path, model_uri: str, participants: li
     Returns {"imputed": {label: [paths]}, "complete": [labels], "failed": {label: reason}}."""
     from tqdm import tqdm
 
-    from codebrain.checkpoints import load_codebrain
+    from codebrain.evaluation.impute import load_imputation_model
     from codebrain.io import default_device
     from codebrain.registry import resolve_model
 
     bids_dir, out_dir, checkpoint = Path(bids_dir), Path(out_dir) / "codebrain", resolve_model(str(model_uri))
     visits = find_visits(bids_dir, participants)
-    stage1, prior, data = load_codebrain(checkpoint)
+    imputer, data = load_imputation_model(checkpoint, default_device())
     model = model_record(str(model_uri), checkpoint, data)
-    contrasts = stage1.cfg.contrasts
+    contrasts = imputer.contrasts
     unknown = sorted(set(targets or []) - set(contrasts))
     if unknown:
         raise InputError(f"--target {' '.join(unknown)}: this model imputes {', '.join(contrasts)}")
-    device = default_device()
-    loaded = (stage1.to(device), prior.to(device), data)
+    loaded = (imputer, data)
     outcome = {"imputed": {}, "complete": [], "failed": {}}
     write_dataset_description(out_dir, bids_dir)
     for visit in tqdm(visits, desc="bids", unit="visit"):

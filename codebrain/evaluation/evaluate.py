@@ -29,23 +29,21 @@ METRICS = ["psnr", "ssim", "mae"]
 GROUPS = {"O->O": "one_to_one", "M->O": "many_to_one", "ALL": "all"}  # group -> its MLflow metric prefix
 
 
-# The training jobs behind each method, as the workflow names their benchmark files (benchmarks/<job>/<experiment>.tsv)
-TRAINING_JOBS = {"stage1": ["train_stage1"], "stage2": ["train_stage1", "cache_codes", "train_stage2"],
-                 "direct": ["train_direct"]}
 
-
-def load_imputer(checkpoint: str | Path, contrasts: list[str] | None, device="cpu") -> tuple[object, str]:
+def load_imputer(checkpoint: str | Path, contrasts: list[str] | None, device="cpu",
+                 reconstruct: bool = True) -> tuple[object, str]:
     """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint (refused if
     trained on other contrasts than `contrasts`, when given)."""
     payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)} if contrasts else None)
-    return imputer_from(payload, device)
+    return imputer_from(payload, device, reconstruct)
 
 
-def imputer_from(payload: dict, device="cpu") -> tuple[object, str]:
+def imputer_from(payload: dict, device="cpu", reconstruct: bool = True) -> tuple[object, str]:
+    """reconstruct=False: CodeBrain without its Stage I row (imputing real missing data, which has no true code)."""
     if payload["kind"] == "direct":
         return DirectImputer(direct_from(payload).to(device)), "direct"
     stage1, prior, _ = codebrain_from(payload)
-    return CodeBrainImputer(stage1.to(device), prior.to(device)), "stage2"
+    return CodeBrainImputer(stage1.to(device), prior.to(device), reconstruct), "stage2"
 
 
 def training_flops(payload: dict) -> dict[str, float]:
@@ -251,45 +249,3 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
         uncertainty_figure(calibrated, imputer.stage1, imputer.prior, slices, contrasts, out_dir / "uncertainty.png",
                            len(slices) // 2, uncertainty_samples)
     return means, codes
-
-
-def training_seconds(benchmarks: Path, experiment: str, method: str) -> float:
-    """Wall seconds of the training jobs behind a method, from Snakemake's benchmark files (the last attempt of
-    each job: a resumed job counts from its resume); NaN where one is missing."""
-    if method not in TRAINING_JOBS:
-        return float("nan")
-    files = [benchmarks / job / f"{experiment}.tsv" for job in TRAINING_JOBS[method]]
-    if not all(f.is_file() for f in files):
-        return float("nan")
-    return float(sum(pd.read_csv(f, sep="\t")["s"].iloc[-1] for f in files))
-
-
-def compare_experiments(summaries: dict[str, Path], out: Path, markdown: Path, benchmarks: Path | None = None) -> str:
-    """Each experiment's group means side by side (zero imputation once), as CSV at `out` and a markdown
-    table at `markdown` (returned): the ablation table, with each method's training FLOPs (from its
-    checkpoint) and, given the workflow's benchmarks folder, the wall time of its training jobs."""
-    method_ids = {name: method for method, name in METHOD_NAMES.items()}
-    frames = []
-    for name, path in summaries.items():
-        frame = pd.read_csv(path)
-        frame.insert(0, "experiment", name)
-        if benchmarks is not None:
-            frame["train_wall_s"] = [training_seconds(benchmarks, name, method_ids[m]) for m in frame.method]
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    zero = table.method == METHOD_NAMES["zero"]
-    table = pd.concat([table[zero].drop_duplicates(["group", "method"]).assign(experiment="-"), table[~zero]])
-    lines = ["| experiment | method | " + " | ".join(f"{g} PSNR / SSIM / MAE" for g in ("O->O", "M->O", "ALL"))
-             + " | training PFLOPs | training wall (min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for (experiment, method), rows in table.groupby(["experiment", "method"], sort=False):
-        by_group = rows.set_index("group")
-        cells = [" / ".join(f"{by_group.loc[g, k]:.2f}" for k in METRICS) for g in ("O->O", "M->O", "ALL")]
-        flops, wall = (rows[k].iloc[0] if k in rows else float("nan") for k in ("train_flops", "train_wall_s"))
-        cost = [f"{flops / 1e15:.4g}" if np.isfinite(flops) else "-", f"{wall / 60:.1f}" if np.isfinite(wall) else "-"]
-        lines.append(f"| {experiment} | {method} | " + " | ".join(cells + cost) + " |")
-    text = "\n".join(lines) + "\n"
-    with write_atomic(out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    with write_atomic(markdown) as tmp:
-        tmp.write_text(text)
-    return text

@@ -17,31 +17,52 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from codebrain.checkpoints import load_checkpoint
 from codebrain.data.dataset import open_store
-from codebrain.io import InputError, write_atomic
+from codebrain.evaluation.evaluate import imputer_from
 from codebrain.evaluation.scenarios import CodeBrainImputer, all_scenarios, scenario_name
+from codebrain.evaluation.uncertainty import check_samplable, sample_imputations, samplable
 from codebrain.evaluation.volumes import restack
+from codebrain.io import InputError, write_atomic
+
+
+def load_imputation_model(checkpoint: Path, device="cpu") -> tuple[object, dict]:
+    """(imputer, the training store's summary: size, slicing, voxel size) of either kind of imputer checkpoint,
+    CodeBrain's Stage II or the direct regressor."""
+    payload = load_checkpoint(checkpoint, ("stage2", "direct"))
+    imputer, _ = imputer_from(payload, device, reconstruct=False)
+    return imputer, (payload["stage1"] if payload["kind"] == "stage2" else payload).get("data", {})
+
+
+def sampling_networks(imputer) -> tuple:
+    """(Stage I, E_prior) to draw codes from: uncertainty needs a CodeBrain model with FSQ codes."""
+    if not isinstance(imputer, CodeBrainImputer):
+        raise InputError("uncertainty samples need CodeBrain's code distributions; the direct regressor has none")
+    check_samplable(imputer.stage1)
+    return imputer.stage1, imputer.prior
 
 
 @torch.no_grad()
-def impute(stage1, prior, image: torch.Tensor, available: np.ndarray) -> torch.Tensor:
-    """B x N x S x S -> the same with every unavailable channel decoded from its predicted code."""
-    return CodeBrainImputer(stage1, prior, reconstruct=False)(image, available)[0]["stage2"].clamp(0, 1)
+def impute(imputer, image: torch.Tensor, available: np.ndarray) -> torch.Tensor:
+    """B x N x S x S -> the same with every unavailable channel imputed (CodeBrain: decoded from its predicted
+    code), clamped to [0, 1]."""
+    (imputed,) = imputer(image, available)[0].values()
+    return imputed.clamp(0, 1)
 
 
-def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out_dir: Path,
+def impute_subjects(imputer, store: Path, references: dict[str, Path], out_dir: Path,
                     split: str = "test", batch_size: int = 32, uncertainty_samples: int = 0) -> pd.DataFrame:
-    """uncertainty_samples K > 0 (FSQ models; others skip it): the std of K sampled decodings beside each image."""
-    from codebrain.evaluation.uncertainty import sample_imputations, samplable
-
-    samples = uncertainty_samples if samplable(stage1) else 0
+    """uncertainty_samples K > 0 (CodeBrain with FSQ codes; others skip it): the std of K sampled decodings beside
+    each image."""
+    codebrain = isinstance(imputer, CodeBrainImputer) and samplable(imputer.stage1)
+    samples = uncertainty_samples if codebrain else 0
     slices, summary = open_store(store, split)
     contrasts = summary["contrasts"]
     rows = pd.read_csv(store / f"{split}.tsv", sep="\t")
     geometry = pd.read_csv(store / "geometry.tsv", sep="\t").set_index("subject")
     ranges = pd.read_csv(store / "normalisation.tsv", sep="\t").set_index(["subject", "contrast"])
     spacing = summary.get("slicing", {}).get("spacing")
-    device = next(stage1.parameters()).device
+    device = imputer.device
     written = []
     for subject, subject_rows in tqdm(rows.groupby("subject"), desc=f"impute {split}", unit="subject"):
         if subject not in references:
@@ -51,11 +72,11 @@ def impute_subjects(stage1, prior, store: Path, references: dict[str, Path], out
         corner = (int(geometry.loc[subject, "x0"]), int(geometry.loc[subject, "y0"]))
         for available in all_scenarios(len(contrasts)):
             if samples:
-                drawn = [sample_imputations(stage1, prior, batch.to(device), available, samples)
+                drawn = [sample_imputations(imputer.stage1, imputer.prior, batch.to(device), available, samples)
                          for batch in image.split(batch_size)]
                 imputed, spread = (torch.cat([d[key].cpu() for d in drawn]) for key in ("hard", "std"))
             else:
-                imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu()
+                imputed = torch.cat([impute(imputer, batch.to(device), available).cpu()
                                      for batch in image.split(batch_size)])
             for t in np.flatnonzero(~available):
                 low, high = ranges.loc[(subject, contrasts[t]), ["low", "high"]]
@@ -95,7 +116,7 @@ def std_path(out: Path) -> Path:
     return out.with_name(f"{name}_std{out.name[len(name):]}")
 
 
-def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str, out: Path,
+def impute_scans(imputer, data: dict, inputs: dict[str, Path], target: str, out: Path,
                  register: bool = False, outside: str = "impute", work_dir: Path | None = None,
                  uncertainty_samples: int = 0, std_out: Path | None = None) -> dict:
     """A user's own scans -> the target contrast as NIfTI on the first input's grid.
@@ -112,7 +133,7 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
     from codebrain.data.slices import (cut_slices, grid_voxel_size, load_subject, slice_config, slice_range,
                                        tile_corners)
 
-    contrasts = stage1.cfg.contrasts
+    contrasts = imputer.contrasts
     unknown = sorted(set(inputs) - set(contrasts)) + ([target] if target not in contrasts else [])
     if unknown:
         raise InputError(f"unknown contrast(s) {unknown}: this model knows {contrasts}")
@@ -141,11 +162,9 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
         trained_first, trained_last = int(occupied[0]), int(occupied[-1])
     z = np.arange(occupied[0], occupied[-1] + 1) if outside == "impute" else np.arange(trained_first, trained_last + 1)
     available = np.array([c in inputs for c in contrasts])
-    device = next(stage1.parameters()).device
+    device = imputer.device
     if uncertainty_samples:
-        from codebrain.evaluation.uncertainty import check_samplable, sample_imputations
-
-        check_samplable(stage1)
+        stage1, prior = sampling_networks(imputer)
     tiles, std_tiles = [], []
     corners = tile_corners(mask[:, :, z], size)
     for corner in tqdm(corners, desc="impute windows", unit="window", disable=len(corners) == 1):
@@ -160,7 +179,7 @@ def impute_scans(stage1, prior, data: dict, inputs: dict[str, Path], target: str
             std = torch.cat([s["std"].cpu() for s in samples])
             std_tiles.append((std[:, contrasts.index(target)].numpy(), corner))
         else:
-            imputed = torch.cat([impute(stage1, prior, batch.to(device), available).cpu() for batch in batches])
+            imputed = torch.cat([impute(imputer, batch.to(device), available).cpu() for batch in batches])
         tiles.append((imputed[:, contrasts.index(target)].numpy(), corner))
     volume = restack(tiles, z, 0.0, 1.0, images[first], spacing)
     save_volume(volume.get_fdata(dtype=np.float32), images[first].affine, out)

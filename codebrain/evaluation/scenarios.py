@@ -72,7 +72,12 @@ class CodeBrainImputer:
     def __init__(self, stage1, prior=None, reconstruct: bool = True):
         self.stage1, self.prior = stage1.eval(), prior.eval() if prior is not None else None
         self.reconstruct = reconstruct
+        self.contrasts = stage1.cfg.contrasts
         self.last_brain = None  # (image, its code-resolution brain): every scenario of a batch reuses it
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.stage1.parameters()).device
 
     def code_brain(self, image, code_size: int) -> torch.Tensor:
         if self.last_brain is None or self.last_brain[0] is not image:
@@ -114,6 +119,11 @@ class DirectImputer:
 
     def __init__(self, model):
         self.model = model.eval()
+        self.contrasts = model.cfg.contrasts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @torch.no_grad()
     def __call__(self, image, available: np.ndarray) -> tuple[dict, dict]:

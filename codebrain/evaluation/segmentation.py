@@ -81,12 +81,14 @@ def predict_tumour(model, slices, batch_size: int = 32) -> np.ndarray:
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice per leading index over the rest: 2|A n B| / (|A| + |B|); NaN where both are empty."""
-    prediction, truth = prediction.reshape(len(prediction), -1), truth.reshape(len(truth), -1)
-    overlap = (prediction & truth).sum(1)
-    total = prediction.sum(1) + truth.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2 * overlap / total, np.nan)
+    """Dice per leading index over the rest (MONAI's compute_dice); NaN where both masks are empty: nothing to
+    find and nothing found is no score, not a perfect one (MONAI would give 1)."""
+    from monai.metrics import compute_dice
+
+    prediction, truth = prediction.reshape(len(prediction), 1, -1), truth.reshape(len(truth), 1, -1)  # B x 1 x voxels
+    scores = compute_dice(torch.from_numpy(prediction), torch.from_numpy(truth), include_background=True,
+                          ignore_empty=False)[:, 0].double().numpy()
+    return np.where(prediction.any((1, 2)) | truth.any((1, 2)), scores, np.nan)
 
 
 def dice_2d_3d(prediction: np.ndarray, truth: np.ndarray, subjects: np.ndarray) -> tuple[float, float]:

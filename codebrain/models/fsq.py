@@ -2,9 +2,13 @@
 
 Each of the d latent channels is squashed into a bounded range and rounded to one of L_i
 integer levels, so a code is a point of a fixed grid with prod(L_i) entries and no codebook
-to learn or collapse. docs/design.md: Z = floor(L/2) * tanh(F), Zq = round(Z) with a
-straight-through gradient. Even L needs a half-step offset: the levels are then
--L/2 .. L/2 - 1, an asymmetric grid.
+to learn or collapse. Per dimension (`bound`, as lucidrains' bound):
+
+    Z = h tanh(F + s) - o,   h = (1 + eps)(L - 1)/2,   o = 1/2 for even L (0 for odd),   s = atanh(o / h)
+
+so F = 0 gives Z = 0, and Zq = round(Z), with a straight-through gradient, takes exactly L
+integer levels: -(L-1)/2 .. (L-1)/2 for odd L (docs/design.md's floor(L/2) tanh(F), up to eps),
+-L/2 .. L/2 - 1 for even L, an asymmetric grid.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ class FSQ(nn.Module):
         return t.view(1, -1, 1, 1)  # broadcast over B x d x h x w
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
-        """z -> (L-1)/2 * tanh(z), shifted by half a step for even L, so rounding hits exactly L levels."""
+        """z -> h tanh(z + s) - o (the module docstring): rounding it hits exactly L levels."""
         half_l = self._per_dim((self.levels - 1) * (1 + self.eps) / 2)
         offset = self._per_dim((self.levels % 2 == 0) * 0.5)
         shift = torch.atanh(offset / half_l)

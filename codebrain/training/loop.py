@@ -31,7 +31,7 @@ from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
 from codebrain.io import InputError
 from codebrain.registry import RANKED_BY
-from codebrain.tracking import Tracker
+from codebrain.tracking.tracker import Tracker
 from codebrain.training.config import TrainConfig, config_hash, flatten
 from codebrain.training.resume import Progress, ResumeState
 

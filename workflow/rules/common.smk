@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from codebrain.data import layouts
-from codebrain.tracking import close_invocation, tracking_uri
+from codebrain.tracking.runs import close_invocation, tracking_uri
 from codebrain.training.config import split_experiments
 from codebrain.workflow import (ACCELERATE_CONFIGS, check_config, experiment_json, found_raw_subjects, launch_args,
                                 msd_sources, phantom_subjects, raw_subjects, start_invocation)
@@ -127,8 +127,9 @@ def get_download_marker():
 
 
 EXPERIMENTS = config["experiments"]
-TRAINING_SOURCES = [f"{folder}/{p.name}" for folder in ("models", "training") for p in sorted((PACKAGE / folder).glob("*.py"))]
-TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "tracking.py", "checkpoints.py", "io.py"]
+TRAINING_SOURCES = [f"{folder}/{p.name}" for folder in ("models", "training", "tracking")
+                    for p in sorted((PACKAGE / folder).glob("*.py"))]
+TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "provenance.py", "checkpoints.py", "io.py"]
 CODEBRAIN_EXPERIMENTS, DIRECT_EXPERIMENTS = split_experiments(EXPERIMENTS, CONTRASTS)
 
 
@@ -148,11 +149,21 @@ def model_checkpoint(experiment):
     return f"{OUT}/models/{experiment}/{kind}.pt"
 
 
+TRAINING_JOBS = {"stage1": ["train_stage1"], "stage2": ["train_stage1", "cache_codes", "train_stage2"],
+                 "direct": ["train_direct"]}  # the jobs behind each method of an experiment
+
+
+def method_benchmarks():
+    """{"<experiment>/<method>": its training jobs' benchmark files}: the wall times metrics/summary.md shows."""
+    methods = {**{name: ["stage1", "stage2"] for name in CODEBRAIN_EXPERIMENTS},
+               **{name: ["direct"] for name in DIRECT_EXPERIMENTS}}
+    return {f"{name}/{method}": [f"{OUT}/benchmarks/{job}/{name}.tsv" for job in TRAINING_JOBS[method]]
+            for name in sorted(methods) for method in methods[name]}
+
+
 def training_benchmarks(wildcards):
-    """Every training job's benchmark file: the wall times metrics/summary.md shows beside each method."""
-    jobs = ["train_stage1", "cache_codes", "train_stage2"]
-    files = [f"{OUT}/benchmarks/{job}/{name}.tsv" for name in CODEBRAIN_EXPERIMENTS for job in jobs]
-    return files + [f"{OUT}/benchmarks/train_direct/{name}.tsv" for name in DIRECT_EXPERIMENTS]
+    """Every training job's benchmark file, once."""
+    return sorted({path for files in method_benchmarks().values() for path in files})
 
 
 def get_experiment_json(name, stage):

@@ -180,7 +180,7 @@ rule build_slice_store:
         seed=config["splits"]["seed"],
         slices=json.dumps(config["slices"], sort_keys=True),
         out_dir=lambda wildcards, output: Path(output.store).parent,
-        code=source_hash("data/slices.py"),
+        code=source_hash("data/store.py", "data/slices.py"),
     log:
         f"{OUT}/logs/build_slice_store.log",
     benchmark:

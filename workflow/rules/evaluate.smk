@@ -94,8 +94,8 @@ rule compare_experiments:
         summaries=lambda wildcards, input: " ".join(
             f"--summary {name}={path}" for name, path in zip(sorted(EXPERIMENTS), input.summaries)
         ),
-        benchmarks=f"{OUT}/benchmarks",
-        code=source_hash("evaluation/evaluate.py"),
+        benchmarks=" ".join(f"--benchmarks {method}={','.join(files)}" for method, files in method_benchmarks().items()),
+        code=source_hash("evaluation/compare.py", "evaluation/evaluate.py"),
     log:
         f"{OUT}/logs/compare_experiments.log",
     benchmark:
@@ -108,4 +108,4 @@ rule compare_experiments:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain compare {params.summaries} --out {output.table} --markdown {output.markdown}"
-        " --benchmarks {params.benchmarks} {params.tracking} > {log} 2>&1"
+        " {params.benchmarks} {params.tracking} > {log} 2>&1"
