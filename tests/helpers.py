@@ -63,19 +63,30 @@ def cli(*args, processes=1, check=True, env=None):
     return result
 
 
-def run_cli(*args):
+def run_cli(*args, check=True) -> subprocess.CompletedProcess:
     """The codebrain CLI in this process, where a separate process is not the point: no interpreter start-up and no
-    second import of torch and mlflow. Fails the test on a non-zero exit. The environment is restored after it, as
-    a process's would be (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which the next command would read)."""
+    second import of torch and mlflow. Its exit code and output as a finished process's; check: fail the test on a
+    non-zero exit. The environment is restored after it, as a process's would be (mlflow.set_tracking_uri exports
+    MLFLOW_TRACKING_URI, which the next command would read)."""
+    import contextlib
+    import io
+
     from codebrain.cli import main
 
-    environment = dict(os.environ)
+    argv, environment = [str(a) for a in args], dict(os.environ)
+    stdout, stderr = io.StringIO(), io.StringIO()
     try:
-        code = main([str(a) for a in args])
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(argv)
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         os.environ.clear()
         os.environ.update(environment)
-    assert code == 0, f"codebrain {' '.join(map(str, args))} exited {code}"
+    result = subprocess.CompletedProcess(["codebrain", *argv], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"codebrain {' '.join(argv)} exited {code}:\n{result.stderr[-3000:]}")
+    return result
 
 
 REPO = Path(__file__).resolve().parents[1]

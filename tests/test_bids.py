@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from bidsschematools import schema
-from helpers import cli
+from helpers import run_cli
 
 from codebrain.evaluation.bids import Visit, contrast_of, derivative_path
 
@@ -92,7 +92,7 @@ def phantom_bids(workdir, tmp_path_factory):
 def test_bids_app_imputes_what_each_visit_lacks(workdir, phantom_bids, tmp_path):
     model = workdir[0] / "results" / "tiny" / "models" / "codebrain" / "stage2.pt"
     before = {p: p.stat().st_mtime_ns for p in phantom_bids.rglob("*")}
-    result = cli("bids", phantom_bids, tmp_path / "out", "participant", "--model", model, "--register",
+    result = run_cli("bids", phantom_bids, tmp_path / "out", "participant", "--model", model, "--register",
                  "--uncertainty", "2", check=False)
     assert result.returncode == 1, result.stderr[-2000:]  # sub-04 failed, the others ran
     assert "sub-04: failed:" in result.stderr and "sub-04_T1w.nii.gz" in result.stderr
@@ -114,7 +114,7 @@ def test_bids_app_imputes_what_each_visit_lacks(workdir, phantom_bids, tmp_path)
     assert len(sidecar["CodeBrainModel"]["SHA256"]) == 64 and sidecar["Units"].startswith("0-1")
     # the image `codebrain impute` gives for those inputs, on the first input's grid (up to ANTs' run-to-run
     # differences: registration is not bit-repeatable)
-    cli("impute", "--model", model, "--input", f"T1={phantom_bids / 'sub-01/anat/sub-01_T1w.nii.gz'}",
+    run_cli("impute", "--model", model, "--input", f"T1={phantom_bids / 'sub-01/anat/sub-01_T1w.nii.gz'}",
         "--input", f"T2={phantom_bids / 'sub-01/anat/sub-01_T2w.nii.gz'}", "--target", "PD", "--register",
         "--out", tmp_path / "pd.nii.gz")
     bids_image = nib.load(derivatives / "sub-01/anat/sub-01_desc-imputed_PDw.nii.gz")
@@ -128,12 +128,12 @@ def test_bids_app_imputes_what_each_visit_lacks(workdir, phantom_bids, tmp_path)
 
 def test_bids_app_refuses_unknown_participants_and_targets(workdir, phantom_bids, tmp_path):
     model = workdir[0] / "results" / "tiny" / "models" / "codebrain" / "stage2.pt"
-    result = cli("bids", phantom_bids, tmp_path, "participant", "--model", model, "--participant-label", "09",
+    result = run_cli("bids", phantom_bids, tmp_path, "participant", "--model", model, "--participant-label", "09",
                  check=False)
     assert result.returncode == 2 and "--participant-label 09: not in" in result.stderr
-    result = cli("bids", phantom_bids, tmp_path, "participant", "--model", model, "--target", "FLAIR", check=False)
+    result = run_cli("bids", phantom_bids, tmp_path, "participant", "--model", model, "--target", "FLAIR", check=False)
     assert result.returncode == 2 and "--target FLAIR: this model imputes T1, T2, PD" in result.stderr
-    result = cli("bids", tmp_path, tmp_path / "o", "participant", "--model", model, check=False)
+    result = run_cli("bids", tmp_path, tmp_path / "o", "participant", "--model", model, check=False)
     assert result.returncode == 2 and "not a BIDS dataset" in result.stderr
 
 
@@ -148,7 +148,7 @@ def test_bids_app_on_a_real_case_renamed_to_bids(workdir, tmp_path):
         (anat / f"sub-TCIA01425_{name}.nii.gz").symlink_to(case / f"Brats18_TCIA01_425_1_{source}.nii.gz")
     (tmp_path / "rawdata" / "dataset_description.json").write_text('{"Name": "real", "BIDSVersion": "1.10.0"}')
     model = workdir[0] / "results" / "tiny" / "models" / "codebrain" / "stage2.pt"
-    cli("bids", tmp_path / "rawdata", tmp_path / "out", "participant", "--model", model)
+    run_cli("bids", tmp_path / "rawdata", tmp_path / "out", "participant", "--model", model)
     derivatives = tmp_path / "out" / "codebrain"
     assert sorted(p.name for p in derivatives.rglob("*.nii.gz")) == ["sub-TCIA01425_desc-imputed_PDw.nii.gz"]
     image = nib.load(derivatives / "sub-TCIA01425" / "anat" / "sub-TCIA01425_desc-imputed_PDw.nii.gz")

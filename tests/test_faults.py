@@ -106,6 +106,7 @@ def run_status(database: Path, run_id: str) -> str:
         return db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS)
 def test_a_killed_step_reruns_to_the_uninterrupted_result(workdir, tmp_path, step):
     rule, run_name, target = STEPS[step]

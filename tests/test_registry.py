@@ -8,12 +8,13 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import partial
 
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import REPO, cli
+from helpers import REPO, cli, run_cli
 
 from codebrain.evaluation.evaluate import load_imputer
 
@@ -107,14 +108,20 @@ def test_impute_and_bids_take_either_kind_of_model_by_path_and_by_uri(workdir, s
         uri = f"models:/tiny-{experiment}/{registered_version(store_uri, experiment, checkpoint)}"
         volumes = []
         for n, model in enumerate((checkpoint, uri)):
-            cli("impute", "--model", model, *inputs, "--out", tmp_path / f"{experiment}-{n}.nii.gz", env=env)
-            cli("bids", bids, tmp_path / f"{experiment}-{n}", "participant", "--model", model, env=env)
+            # by path in this process; by URI as a user runs it, the store named by the environment
+            run = run_cli if n == 0 else partial(cli, env=env)
+            run("impute", "--model", model, *inputs, "--out", tmp_path / f"{experiment}-{n}.nii.gz")
+            run("bids", bids, tmp_path / f"{experiment}-{n}", "participant", "--model", model)
             volumes += [tmp_path / f"{experiment}-{n}.nii.gz",
                         tmp_path / f"{experiment}-{n}" / "codebrain/sub-01/anat/sub-01_desc-imputed_PDw.nii.gz"]
         first, *others = [nib.load(v).get_fdata(dtype=np.float32) for v in volumes]
         assert first.max() > 0 and all(np.array_equal(first, other) for other in others), experiment
         imputed[experiment] = first
     assert np.abs(imputed["codebrain"] - imputed["direct"]).max() > 0.01
+    refused = run_cli("impute", "--model", out / "models" / "direct" / "direct.pt", *inputs, "--out", tmp_path / "u.nii.gz",
+                  "--uncertainty", "2", check=False)  # no codes to sample
+    assert refused.returncode == 2 and "the direct regressor has none" in refused.stderr
+    assert not (tmp_path / "u.nii.gz").exists()
 
 
 def test_runs_show_their_slice_store_and_evaluations_the_version_they_scored(workdir, store_uri):

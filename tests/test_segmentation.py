@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import CONTRASTS, MODEL, cli, make_store
+from helpers import CONTRASTS, MODEL, make_store, run_cli
 
 from codebrain.evaluation.segmentation import dice, dice_2d_3d
 
@@ -34,12 +34,12 @@ def test_dice_is_overlap_over_sizes_and_skips_empty_slices():
 def labelled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("segmentation")
     store = make_store(tmp / "store", n_train=32, n_val=8, size=16, seed=3, tumours=True)
-    cli("train-segmenter", "--store", store, "--out", tmp / "segmenter.pt", "--contrasts", *CONTRASTS,
+    run_cli("train-segmenter", "--store", store, "--out", tmp / "segmenter.pt", "--contrasts", *CONTRASTS,
         "--config", json.dumps({"channels": [8, 16], "steps": 150, "batch_size": 8, "lr": 3e-3}),
         "--results", tmp, "--dataset", "synthetic", "--run-record", tmp / "segmenter.run.json")
     direct = {"method": "direct", "model": {k: MODEL[k] for k in ("width", "enc_blocks", "dec_blocks", "middle_blocks")},
               "train": {"steps": 4, "batch_size": 4, "validate_every": 4}}
-    cli("train-direct", "--store", store, "--out", tmp / "direct.pt", "--contrasts", *CONTRASTS,
+    run_cli("train-direct", "--store", store, "--out", tmp / "direct.pt", "--contrasts", *CONTRASTS,
         "--config", json.dumps(direct), "--results", tmp, "--dataset", "synthetic")
     return tmp, store
 
@@ -47,7 +47,7 @@ def labelled(tmp_path_factory):
 def test_segmenter_learns_the_tumour_and_every_missing_contrast_is_scored(labelled):
     tmp, store = labelled
     assert torch.load(tmp / "segmenter.pt", weights_only=True)["metrics"]["val/dice_wt_2d"] > 0.5
-    cli("evaluate-segmentation", "--segmenter", tmp / "segmenter.pt", "--model", f"direct={tmp / 'direct.pt'}",
+    run_cli("evaluate-segmentation", "--segmenter", tmp / "segmenter.pt", "--model", f"direct={tmp / 'direct.pt'}",
         "--store", store, "--out-dir", tmp / "seg", "--contrasts", *CONTRASTS, "--results", tmp,
         "--dataset", "synthetic")
     table = pd.read_csv(tmp / "seg" / "dice.csv", dtype={"scenario": str})
@@ -64,12 +64,12 @@ def test_segmenter_learns_the_tumour_and_every_missing_contrast_is_scored(labell
 def test_segmentation_refusals_name_the_problem(labelled, tmp_path):
     tmp, store = labelled
     unlabelled = make_store(tmp_path / "plain")
-    result = cli("train-segmenter", "--store", unlabelled, "--out", tmp_path / "s.pt", "--contrasts", *CONTRASTS,
+    result = run_cli("train-segmenter", "--store", unlabelled, "--out", tmp_path / "s.pt", "--contrasts", *CONTRASTS,
                  "--results", tmp_path, check=False)
     assert result.returncode == 2 and "train_labels.npy" in result.stderr and "no labels" in result.stderr
-    result = cli("evaluate-segmentation", "--segmenter", tmp / "segmenter.pt", "--model", "direct",
+    result = run_cli("evaluate-segmentation", "--segmenter", tmp / "segmenter.pt", "--model", "direct",
                  "--store", store, "--out-dir", tmp_path, "--contrasts", *CONTRASTS, "--results", tmp_path, check=False)
     assert result.returncode == 2 and "NAME=PATH" in result.stderr
-    result = cli("evaluate-segmentation", "--segmenter", tmp / "direct.pt", "--store", store, "--out-dir", tmp_path,
+    result = run_cli("evaluate-segmentation", "--segmenter", tmp / "direct.pt", "--store", store, "--out-dir", tmp_path,
                  "--contrasts", *CONTRASTS, "--results", tmp_path, check=False)
     assert result.returncode == 2 and "'direct' checkpoint, expected 'segmenter'" in result.stderr

@@ -49,10 +49,10 @@ def trained(store, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
     config = {"model": MODEL, "stage1": {"steps": 12, "batch_size": 4, "validate_every": 6, "log_every": 3},
               "stage2": {"steps": 8, "batch_size": 4, "validate_every": 8, "log_every": 2}}
-    cli(*stage1_args(store, tmp / "stage1.pt", config, tmp))
-    cli("cache-codes", "--store", store, "--stage1", tmp / "stage1.pt", "--out-dir", tmp / "codes", "--contrasts",
+    run_cli(*stage1_args(store, tmp / "stage1.pt", config, tmp))
+    run_cli("cache-codes", "--store", store, "--stage1", tmp / "stage1.pt", "--out-dir", tmp / "codes", "--contrasts",
         *CONTRASTS, "--results", tmp, "--dataset", "synthetic", "--run-record", tmp / "codes.run.json")
-    cli("train-stage2", "--store", store, "--stage1", tmp / "stage1.pt", "--codes", tmp / "codes", "--out",
+    run_cli("train-stage2", "--store", store, "--stage1", tmp / "stage1.pt", "--codes", tmp / "codes", "--out",
         tmp / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp,
         "--dataset", "synthetic", "--run-record", tmp / "stage2.pt.run.json")
     return tmp
@@ -82,27 +82,27 @@ def test_two_processes_train_the_same_model_as_one(store, tmp_path):
 
 
 def test_killed_run_resumes_where_it_stopped(store, tmp_path):
-    config = {"model": MODEL, "stage1": {"steps": 60, "batch_size": 4, "checkpoint_every": 5, "validate_every": 30,
+    config = {"model": MODEL, "stage1": {"steps": 30, "batch_size": 4, "checkpoint_every": 5, "validate_every": 15,
                                          "log_every": 5}}
-    cli(*stage1_args(store, tmp_path / "straight.pt", config, tmp_path))
+    run_cli(*stage1_args(store, tmp_path / "straight.pt", config, tmp_path))
 
     out = tmp_path / "killed.pt"
     launch = [sys.executable, "-m", "codebrain.cli", *map(str, stage1_args(store, out, config, tmp_path))]
     process = subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     state = tmp_path / "killed.pt.state"
     deadline = time.time() + 120
-    while not (state / "checkpoint-15").exists() and process.poll() is None and time.time() < deadline:
+    while not (state / "checkpoint-10").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists(), "the run finished before it could be killed"
-    assert (state / "checkpoint-15").exists()
+    assert (state / "checkpoint-10").exists()
 
-    resumed = cli(*stage1_args(store, out, config, tmp_path))
+    resumed = run_cli(*stage1_args(store, out, config, tmp_path))
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert_same_weights(tmp_path / "straight.pt", out, atol=1e-6)
-    payload = torch.load(out, weights_only=True)  # the best of the validations at steps 30 and 60, as straight
-    assert payload["metrics"]["train/steps"] == 60 and payload["step"] in (30, 60)
+    payload = torch.load(out, weights_only=True)  # the best of the validations at steps 15 and 30, as straight
+    assert payload["metrics"]["train/steps"] == 30 and payload["step"] in (15, 30)
     assert payload["step"] == torch.load(tmp_path / "straight.pt", weights_only=True)["step"]
     assert not state.exists(), "resume state is removed once the final checkpoint is written"
 
@@ -112,7 +112,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     batches = GlobalBatches(16, 4, seed=0, rank=0, world=1)
     bad_step = next(e * 4 + b + 1 for e in range(10) for b, batch in enumerate(batches.epoch(e)) if 5 in batch)
     config = {"model": MODEL, "stage1": {"steps": 40, "batch_size": 4, "checkpoint_every": 1, "validate_every": 100}}
-    result = cli(*stage1_args(store, tmp_path / "m.pt", config, tmp_path), check=False)
+    result = run_cli(*stage1_args(store, tmp_path / "m.pt", config, tmp_path), check=False)
     assert result.returncode == 3
     assert f"error: non-finite loss at step {bad_step}:" in result.stderr
     if bad_step > 1:
@@ -186,9 +186,9 @@ def test_keep_last_and_keep_best_differ_only_when_an_earlier_step_validates_bett
     """Validation at every step of a run with a learning rate that makes it worse: best keeps an earlier step."""
     config = {"model": MODEL, "stage1": {"steps": 6, "batch_size": 4, "validate_every": 1, "lr": 0.3,
                                          "gan_weight": 0.0}}
-    cli(*stage1_args(store, tmp_path / "best.pt", config, tmp_path))
+    run_cli(*stage1_args(store, tmp_path / "best.pt", config, tmp_path))
     last = {**config, "stage1": {**config["stage1"], "keep": "last"}}
-    cli(*stage1_args(store, tmp_path / "last.pt", last, tmp_path))
+    run_cli(*stage1_args(store, tmp_path / "last.pt", last, tmp_path))
     best, final = (torch.load(tmp_path / f"{k}.pt", weights_only=True) for k in ("best", "last"))
     assert final["step"] == 6 and best["step"] < 6
     assert best["metrics"]["val/psnr_stage1_one_missing"] > final["metrics"]["val/psnr_stage1_one_missing"]
@@ -253,7 +253,7 @@ def test_stage1_flops_add_up_over_its_two_phases(store, tmp_path):
     flops = {}
     for name, gan in {"none": {"gan_weight": 0.0}, "all": {"gan_start": 0.0}, "half": {"gan_start": 0.5}}.items():
         config = {"model": MODEL, "stage1": {"steps": 4, "batch_size": 4, "validate_every": 100, **gan}}
-        cli(*stage1_args(store, tmp_path / f"{name}.pt", config, tmp_path))
+        run_cli(*stage1_args(store, tmp_path / f"{name}.pt", config, tmp_path))
         flops[name] = torch.load(tmp_path / f"{name}.pt", weights_only=True)["metrics"]["train/flops"]
     assert flops["none"] < flops["half"] < flops["all"]
     assert flops["half"] == (flops["none"] + flops["all"]) / 2
@@ -283,21 +283,21 @@ def test_refusals_name_the_mismatch(trained, store, tmp_path):
     (other_store / "store.json").write_text(json.dumps({**summary, "contrasts": ["T1", "T2", "FLAIR"]}))
     for split in ("train", "val"):
         os.symlink(store / f"{split}.npy", other_store / f"{split}.npy")
-    result = cli("cache-codes", "--store", other_store, "--stage1", trained / "stage1.pt", "--out-dir", tmp_path / "c",
+    result = run_cli("cache-codes", "--store", other_store, "--stage1", trained / "stage1.pt", "--out-dir", tmp_path / "c",
                  "--contrasts", "T1", "T2", "FLAIR", "--results", tmp_path, check=False)
     assert result.returncode == 2 and "contrasts" in result.stderr and "FLAIR" in result.stderr
 
     config = {"model": {**MODEL, "code_dim": 4}}
-    result = cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes",
+    result = run_cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes",
                  "--out", tmp_path / "s2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config),
                  "--results", tmp_path, check=False)
     assert result.returncode == 2 and "code_dim: checkpoint has 3, expected 4" in result.stderr
 
-    result = cli("cache-codes", "--store", store, "--stage1", trained / "stage2.pt", "--out-dir", tmp_path / "c",
+    result = run_cli("cache-codes", "--store", store, "--stage1", trained / "stage2.pt", "--out-dir", tmp_path / "c",
                  "--contrasts", *CONTRASTS, "--results", tmp_path, check=False)
     assert result.returncode == 2 and "'stage2' checkpoint, expected 'stage1'" in result.stderr
 
-    result = cli(*stage1_args(store, tmp_path / "x.pt", {"model": {"widht": 4}}, tmp_path), check=False)
+    result = run_cli(*stage1_args(store, tmp_path / "x.pt", {"model": {"widht": 4}}, tmp_path), check=False)
     assert result.returncode == 2 and "widht" in result.stderr
 
 
@@ -442,7 +442,7 @@ def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicte
     assert stage.flops_key(TrainingBatch(image, mask, None, None, 0)) == 6 and sum(macs) == decoder_macs_4 * 6 / 4
     assert flops_more - flops_fewer == 3 * 2 * decoder_macs_4 * 2 / 4
 
-    cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes", "--out",
+    run_cli("train-stage2", "--store", store, "--stage1", trained / "stage1.pt", "--codes", trained / "codes", "--out",
         tmp_path / "stage2.pt", "--contrasts", *CONTRASTS, "--config", json.dumps(config), "--results", tmp_path)
     stage1_after, prior_after, _ = load_codebrain(tmp_path / "stage2.pt")
     changed = [not torch.equal(a, b) for a, b in zip(prior_after.decoder.state_dict().values(),
@@ -475,7 +475,7 @@ def test_two_processes_fine_tune_the_decoder_as_one(trained, store, tmp_path):
 
 
 def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_path):
-    cli("evaluate", "--model", trained / "stage2.pt", "--store", store, "--split", "test", "--out-dir", tmp_path,
+    run_cli("evaluate", "--model", trained / "stage2.pt", "--store", store, "--split", "test", "--out-dir", tmp_path,
         "--contrasts", *CONTRASTS, "--results", trained, "--dataset", "synthetic")
     table = pd.read_csv(tmp_path / "scenarios.csv", dtype={"scenario": str})
     assert {"scenario", "target", "n_inputs", "method", "psnr", "ssim", "mae", "psnr_brain"} <= set(table.columns)
@@ -492,7 +492,14 @@ def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_p
     codes = one_method.groupby("target").whole_code_accuracy_brain.mean()  # the code table: means over scenarios
     assert "| T2 | " in (tmp_path / "tables.md").read_text() and codes.between(0, 1).all()
     assert f"{codes['T2']:.3f}" in (tmp_path / "tables.md").read_text().split("Predicted codes")[1]
-    assert (tmp_path / "exemplars.png").stat().st_size > 1000 and (tmp_path / "code_maps.png").stat().st_size > 1000
+    # the figures' grids: exemplars a truth column + 6 scenarios by (image, error) rows per contrast; code maps
+    # d = 3 columns by (Stage I, predicted) rows per contrast; 1.05 and 1.1 (1.1 and 1.15) inches a panel at 110 dpi
+    import matplotlib.pyplot as plt
+
+    for name, (height, width) in {"exemplars.png": (1.1 * 6, 1.05 * 7), "code_maps.png": (1.15 * 6, 1.1 * 3)}.items():
+        pixels = plt.imread(tmp_path / name)
+        assert np.allclose(pixels.shape[:2], (110 * height, 110 * width), atol=1), name
+        assert pixels[..., :3].std() > 0.05, f"{name} is blank"
 
 
 def test_four_contrasts_give_fourteen_scenarios_and_twenty_eight_pairs():
@@ -535,18 +542,18 @@ def test_direct_regressor_sees_the_availability_bits_and_keeps_given_contrasts()
 def test_direct_regressor_trains_and_is_evaluated_like_codebrain(store, tmp_path):
     config = {"method": "direct", "model": {k: MODEL[k] for k in ("width", "enc_blocks", "dec_blocks", "middle_blocks")},
               "train": {"steps": 6, "batch_size": 4, "validate_every": 6, "checkpoint_every": 3, "log_every": 2}}
-    cli("train-direct", "--store", store, "--out", tmp_path / "direct.pt", "--contrasts", *CONTRASTS,
+    run_cli("train-direct", "--store", store, "--out", tmp_path / "direct.pt", "--contrasts", *CONTRASTS,
         "--config", json.dumps(config), "--results", tmp_path, "--dataset", "synthetic")
     payload = torch.load(tmp_path / "direct.pt", weights_only=True)
     assert payload["kind"] == "direct" and payload["step"] == 6
     assert payload["metrics"]["val/psnr_direct"] > payload["metrics"]["val/psnr_zero"]
     assert not (tmp_path / "direct.pt.state").exists()
-    cli("evaluate", "--model", tmp_path / "direct.pt", "--store", store, "--out-dir", tmp_path / "eval",
+    run_cli("evaluate", "--model", tmp_path / "direct.pt", "--store", store, "--out-dir", tmp_path / "eval",
         "--contrasts", *CONTRASTS, "--results", tmp_path, "--dataset", "synthetic")
     table = pd.read_csv(tmp_path / "eval" / "scenarios.csv", dtype={"scenario": str})
     assert sorted(table.method.unique()) == ["direct regressor", "zero imputation"]
     assert len(table[table.method == "direct regressor"]) == 9
-    result = cli("train-stage1", "--store", store, "--out", tmp_path / "x.pt", "--contrasts", *CONTRASTS,
+    result = run_cli("train-stage1", "--store", store, "--out", tmp_path / "x.pt", "--contrasts", *CONTRASTS,
                  "--config", json.dumps(config), "--results", tmp_path, check=False)
     assert result.returncode == 2 and "train-direct" in result.stderr
 
