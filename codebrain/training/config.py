@@ -61,7 +61,7 @@ class TrainConfig:
 
 PROTOCOLS = {
     "paper": {"model": {}, "stage1": {}, "stage2": {"gan_weight": 0.0}},
-    # the paper where it is explicit, with what won on validation in issue 13's study (README): D_a fine-tuned
+    # the paper where it is explicit, with what won on validation in issue 13's study (docs/results.md): D_a fine-tuned
     # on the predicted codes
     "tuned": {"model": {"finetune_decoder": True}, "stage1": {}, "stage2": {"gan_weight": 0.0}},
     "release": {
