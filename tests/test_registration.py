@@ -71,6 +71,7 @@ def test_outputs_on_reference_grid_and_raw_untouched(registered_phantom):
         assert qc["contrasts"][contrast]["mi_after"] > qc["contrasts"][contrast]["mi_before"]
 
 
+@pytest.mark.slow  # three ANTs registrations of 1 mm volumes
 def test_real_native_study_gains_similarity(tmp_path):
     """A glioma study in scanner space (5.5 mm slices): every contrast must align better to T1."""
     folder = REALDATA / "native-unregistered" / "TCGA-FG-6692"

@@ -18,7 +18,7 @@ from helpers import REPO, cli, run_cli
 
 from codebrain.evaluation.evaluate import load_imputer
 
-EXPERIMENTS = {"codebrain": "stage2", "ce": "stage2", "direct": "direct"}
+EXPERIMENTS = {"codebrain": "stage2", "direct": "direct"}
 
 
 @pytest.fixture(scope="module")

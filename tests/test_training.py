@@ -330,6 +330,17 @@ def check_vq(stage1, prior, codes, experiment, tmp_path):
     assert quantiser_loss.item() > 0
 
 
+def check_ce(stage1, prior, codes, experiment, tmp_path):
+    """The paper's CLS ablation: E_prior gives L classes per code dimension (5 x 3 logits a map), not L - 1 grading
+    bits, and its prediction is each dimension's most likely class."""
+    from codebrain.models.grading import ClassTarget
+
+    assert isinstance(prior.target, ClassTarget) and prior.head.out_channels == 3 * 5 * 3  # maps x L x d
+    logits = prior(torch.rand(2, 3, 16, 16), torch.tensor([[True, False, True]] * 2))  # B x maps x d*L x h x w
+    by_hand = logits.unflatten(2, (3, 5)).argmax(3)
+    assert torch.equal(prior.predict(logits).long(), by_hand)
+
+
 def check_continuous(stage1, prior, codes, experiment, tmp_path):
     """Unrounded codes, and no F_c: E_s is gone and D_a's fusion sees the code alone."""
     assert (codes.dtype, codes.shape) == (np.float16, (16, 3, 3, 4, 4))
@@ -361,6 +372,7 @@ VARIANTS = {
     "release": ({"protocol": "release", "model": {"decoder_width": 16, "decoder_blocks": 1, "common_width": 4,
                                                    "prior_width": 4, "levels": [8, 8, 8, 5, 5, 5]}}, check_release),
     "vq": ({"model": {"quantiser": "vq", "codebook_size": 300}}, check_vq),
+    "ce": ({"model": {"prior_loss": "ce"}}, check_ce),
     "continuous": ({"model": {"quantiser": "continuous", "common_features": False}}, check_continuous),
     "no-skips": ({"model": {"decoder_skips": False, "prior_availability": True, "prior_decode": "expected"},
                   "stage2": {"code_missing_weight": 4.0}}, check_no_skips),

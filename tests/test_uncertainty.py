@@ -103,14 +103,13 @@ def test_every_scenario_and_target_is_calibrated_with_tumour_and_healthy_std(tmp
 
 
 def test_the_dag_writes_calibration_for_codebrain_models_only(workdir):
-    """evaluation.uncertainty_samples (default 8): the FSQ experiments (grading and CE) get uncertainty.csv and its
-    figure; the direct regressor, which has no code distribution, does not."""
+    """evaluation.uncertainty_samples (default 8): the FSQ experiment gets uncertainty.csv and its figure; the
+    direct regressor, which has no code distribution, does not."""
     import pandas as pd
 
     metrics = workdir[0] / "results" / "tiny" / "metrics"
-    for experiment in ("codebrain", "ce"):
-        table = pd.read_csv(metrics / experiment / "uncertainty.csv", dtype={"scenario": str})
-        assert len(table) == 9 and (metrics / experiment / "uncertainty.png").exists()
+    table = pd.read_csv(metrics / "codebrain" / "uncertainty.csv", dtype={"scenario": str})
+    assert len(table) == 9 and (metrics / "codebrain" / "uncertainty.png").exists()
     assert not (metrics / "direct" / "uncertainty.csv").exists()
 
 

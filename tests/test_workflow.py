@@ -35,7 +35,7 @@ def test_outputs_and_nothing_left_to_do(workdir):
 
 TRAINING = {"train_stage1": 1, "cache_codes": 1, "train_stage2": 1}  # per experiment
 EVALUATION = {"evaluate_model": 1, "impute_test_subjects": 1}
-EXPERIMENTS = 2  # tiny.yaml: codebrain and its CE ablation, and the direct regressor beside them
+EXPERIMENTS = 1  # tiny.yaml: one CodeBrain experiment, and the direct regressor beside it
 ONE_SUBJECT_CHAIN = {"check_raw": 1, "register_subject": 1, "extract_slices": 1, "build_slice_store": 1,
                      **{rule: EXPERIMENTS for rule in {**TRAINING, **EVALUATION}}, "evaluate_model": EXPERIMENTS + 1,
                      "train_direct": 1, "compare_experiments": 1, "all": 1}
@@ -288,16 +288,16 @@ def test_every_model_step_is_an_mlflow_run(workdir):
     jobs = [run for run in runs if run.data.tags["rule"] != "workflow"]
     assert all(run.data.tags.get("mlflow.parentRunId") in parents for run in jobs), "every job run is nested"
     first = min(parents.values(), key=lambda run: run.info.start_time).info.run_id
-    trained_first = {run.data.tags["experiment"] for run in jobs
-                     if run.data.tags["rule"] == "train_stage1" and run.data.tags["mlflow.parentRunId"] == first}
-    assert trained_first == {"codebrain", "ce"}, "the first invocation's parent holds both trainings"
+    trained_first = {run.data.tags["experiment"] for run in jobs if run.data.tags["rule"] in ("train_stage1", "train_direct")
+                     and run.data.tags["mlflow.parentRunId"] == first}
+    assert trained_first == {"codebrain", "direct"}, "the first invocation's parent holds both trainings"
     assert all(run.data.tags["host"] and run.data.tags["snakemake_version"] for run in runs)
     assert all(run.info.status == "FINISHED" for run in parents.values())
     per_rule = {}
     for run in jobs:
         per_rule.setdefault(run.data.tags["rule"], set()).add(run.data.tags.get("experiment"))
     for rule in ("train_stage1", "cache_codes", "train_stage2", "evaluate_model", "impute_test_subjects"):
-        assert per_rule.get(rule) == {"codebrain", "ce"} | ({"direct"} if rule == "evaluate_model" else set()), rule
+        assert per_rule.get(rule) == {"codebrain"} | ({"direct"} if rule == "evaluate_model" else set()), rule
     assert per_rule.get("train_direct") == {"direct"}
     subjects = {run.data.tags["rule"]: set() for run in jobs}
     for run in jobs:
@@ -315,13 +315,14 @@ def test_experiments_side_by_side(workdir):
     path, _ = workdir
     metrics = path / "results" / "tiny" / "metrics"
     table = pd.read_csv(metrics / "summary.csv")
-    assert set(table.experiment) == {"-", "codebrain", "ce", "direct"}
+    assert set(table.experiment) == {"-", "codebrain", "direct"}
     assert set(table[table.experiment == "direct"].method) == {"direct regressor"}
     assert len(table[table.method == "zero imputation"]) == 3  # once, not per experiment
-    each = pd.read_csv(metrics / "ce" / "summary.csv").set_index(["group", "method"])
-    row = table[(table.experiment == "ce") & (table.method == "CodeBrain") & (table.group == "ALL")].iloc[0]
-    assert row.psnr == pytest.approx(each.loc[("ALL", "CodeBrain"), "psnr"])
-    assert "| ce | CodeBrain |" in (metrics / "summary.md").read_text()
+    for experiment, method in (("codebrain", "CodeBrain"), ("direct", "direct regressor")):
+        each = pd.read_csv(metrics / experiment / "summary.csv").set_index(["group", "method"])
+        row = table[(table.experiment == experiment) & (table.method == method) & (table.group == "ALL")].iloc[0]
+        assert row.psnr == pytest.approx(each.loc[("ALL", method), "psnr"])
+        assert f"| {experiment} | {method} |" in (metrics / "summary.md").read_text()
 
 
 def test_summary_shows_training_flops_and_wall_time_per_method(workdir):
