@@ -47,16 +47,31 @@ def click_all(browser, css: str) -> int:
     return len(found)
 
 
+def links(browser, kind: str) -> list:
+    """The page's links to runs or models (run names shown: parents and expanded jobs)."""
+    return browser.find_elements("css selector", f"a[href*='/{kind}/']")
+
+
+def wait_until(condition, timeout_s: float = 60) -> None:
+    """Poll the single-page app, which loads its data after the page, until `condition` holds (or time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def screenshot(browser, url: str, out: Path, expand: str | None = None) -> None:
     browser.get(url)
-    time.sleep(6)  # the single-page app loads its data after the page
+    wait_until(lambda: links(browser, "runs") or links(browser, "models"))
+    time.sleep(1)  # the rest of the table renders with its first rows
     click_all(browser, "button[aria-label='Close']")  # the assistant panel, when it opens by itself
-    if expand and click_all(browser, expand):
-        time.sleep(3)
+    if expand:
+        shown = len(links(browser, "runs"))
+        wait_until(lambda: browser.find_elements("css selector", expand), 20)
+        if click_all(browser, expand):
+            wait_until(lambda: len(links(browser, "runs")) > shown, 30)
+            time.sleep(1)
     browser.save_screenshot(str(out))
-    runs = browser.find_elements("css selector", "a[href*='/runs/']")  # run names shown (parents and expanded jobs)
-    models = browser.find_elements("css selector", "a[href*='/models/']")
-    print(f"{out}: {url} ({len(runs)} run links, {len(models)} model links)")
+    print(f"{out}: {url} ({len(links(browser, 'runs'))} run links, {len(links(browser, 'models'))} model links)")
 
 
 def main() -> None:

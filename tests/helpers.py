@@ -63,20 +63,27 @@ def cli(*args, processes=1, check=True, env=None):
     return result
 
 
-def run_cli(*args, check=True) -> subprocess.CompletedProcess:
+def run_cli(*args, check=True, env=None) -> subprocess.CompletedProcess:
     """The codebrain CLI in this process, where a separate process is not the point: no interpreter start-up and no
     second import of torch and mlflow. Its exit code and output as a finished process's; check: fail the test on a
     non-zero exit. The environment is restored after it, as a process's would be (mlflow.set_tracking_uri exports
-    MLFLOW_TRACKING_URI, which the next command would read)."""
+    MLFLOW_TRACKING_URI, which the next command would read). env: variables for this command; an
+    MLFLOW_TRACKING_URI there is also the store of this process's MLflow calls (which an earlier
+    mlflow.set_tracking_uri would otherwise override)."""
     import contextlib
     import io
+
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from codebrain.cli import main
 
     argv, environment = [str(a) for a in args], dict(os.environ)
     stdout, stderr = io.StringIO(), io.StringIO()
+    store = (env or {}).get("MLFLOW_TRACKING_URI")
+    os.environ.update(env or {})
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                (_use_tracking_uri(store) if store else contextlib.nullcontext()):
             code = main(argv)
     except SystemExit as exit_:  # argparse's usage errors
         code = exit_.code if isinstance(exit_.code, int) else 1

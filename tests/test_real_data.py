@@ -118,6 +118,7 @@ def test_a_study_config_given_after_the_real_sample_config_plans_its_experiments
     assert f"results/{name}/" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_decathlon_volumes_are_split_into_brats_files_with_2023_labels(tmp_path):
     import nibabel as nib
     import numpy as np

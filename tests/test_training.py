@@ -67,6 +67,7 @@ def test_global_batches_split_one_order_over_processes():
         GlobalBatches(3, 4, 0, 0, 1)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(store, tmp_path):
     """DDP over 2 CPU processes with batch 2 each = one process with batch 4 (adversarial loss on)."""
     config = {"model": MODEL, "stage1": {"steps": 4, "batch_size": 4, "validate_every": 100, "log_every": 1,
@@ -81,6 +82,7 @@ def test_two_processes_train_the_same_model_as_one(store, tmp_path):
         assert_same_weights(tmp_path / "one.pt", tmp_path / "other.pt", atol=1e-4)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(store, tmp_path):
     config = {"model": MODEL, "stage1": {"steps": 30, "batch_size": 4, "checkpoint_every": 5, "validate_every": 15,
                                          "log_every": 5}}
@@ -464,6 +466,7 @@ def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicte
     assert np.isfinite(history["val/psnr_stage2"])
 
 
+@pytest.mark.slow
 def test_two_processes_fine_tune_the_decoder_as_one(trained, store, tmp_path):
     """A fine-tuned D_a is called through the unwrapped prior, outside DDP's forward: its gradients must still be
     averaged over processes (2 x batch 2 = 1 x batch 4, E_prior and the decoder alike)."""
