@@ -158,6 +158,7 @@ def test_a_killed_step_reruns_to_the_uninterrupted_result(workdir, tmp_path, ste
         assert not db.execute("SELECT name FROM runs WHERE status = 'RUNNING'").fetchall()
 
 
+@pytest.mark.slow
 def test_a_terminated_step_marks_its_run_failed_and_removes_its_temporary_files(ixi_phantom, tmp_path):
     """A plain `kill` (SIGTERM) mid-registration: the command unwinds (exit 143), its MLflow run is FAILED, and
     neither ANTs' folder nor a part file stays beside the outputs or in the temporary folder."""

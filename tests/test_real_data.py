@@ -172,6 +172,7 @@ def sample_server(tmp_path):
     httpd.shutdown()
 
 
+@pytest.mark.slow
 def test_the_brats_sample_downloads_checked_by_its_sha256(tmp_path, sample_server):
     """The config's URLs (one case's five, pointed at the local server) are fetched by the `download_raw`
     checkpoint into dataset.root before discovery; each file must match the sha256 the config lists."""

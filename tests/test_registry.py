@@ -43,7 +43,8 @@ def test_every_experiment_is_a_registered_model_with_a_champion(store_uri):
         assert float(champion.tags[f"val/psnr_{kind}"]) == pytest.approx(run.data.metrics[f"val/psnr_{kind}"])
 
 
-@pytest.mark.parametrize("experiment", [pytest.param("codebrain", marks=pytest.mark.slow), "direct"])
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["codebrain", "direct"])
 def test_a_registered_model_imputes_in_a_fresh_process_what_its_checkpoint_imputes(workdir, store_uri, tmp_path,
                                                                                   experiment):
     """mlflow.pyfunc.load_model("models:/tiny-<experiment>@champion") in a new interpreter, PD zeroed (missing)."""
@@ -108,8 +109,8 @@ def test_impute_and_bids_take_either_kind_of_model_by_path_and_by_uri(workdir, s
     missing = run_cli("impute", "--model", "models:/tiny-nothing@champion", *inputs, "--out", tmp_path / "c.nii.gz",
                       check=False, env=env)
     assert missing.returncode == 2 and "models:/tiny-nothing@champion: not in the model registry" in missing.stderr
-    refused = run_cli("impute", "--model", out / "models" / "direct" / "direct.pt", *inputs, "--out", tmp_path / "u.nii.gz",
-                  "--uncertainty", "2", check=False)  # no codes to sample
+    refused = run_cli("impute", "--model", out / "models" / "direct" / "direct.pt", *inputs,
+                      "--out", tmp_path / "u.nii.gz", "--uncertainty", "2", check=False)  # no codes to sample
     assert refused.returncode == 2 and "the direct regressor has none" in refused.stderr
     assert not (tmp_path / "u.nii.gz").exists()
 

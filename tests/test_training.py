@@ -573,6 +573,7 @@ def test_direct_regressor_trains_and_is_evaluated_like_codebrain(store, tmp_path
     assert result.returncode == 2 and "train-direct" in result.stderr
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_one_sqlite_store(tmp_path):
     """Four jobs starting together on a fresh SQLite store: no schema race, no 'database is locked'."""
     from mlflow.tracking import MlflowClient

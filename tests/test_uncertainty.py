@@ -131,6 +131,7 @@ def test_the_exemplar_figure_gets_a_std_row_per_target(tmp_path):
     assert heights[2] / heights[0] == pytest.approx(9 / 6, rel=0.02)
 
 
+@pytest.mark.slow
 def test_the_signals_bench_reproduces_the_dags_calibration_and_scores_every_signal(workdir, tmp_path):
     """bench/uncertainty_signals.py (issue 16's comparison of error signals): its `std` signal is the DAG's
     uncertainty map, so on the test split with the evaluation's batch size and K it gives uncertainty.csv's
