@@ -129,6 +129,7 @@ def test_a_killed_step_reruns_to_the_uninterrupted_result(workdir, tmp_path, ste
         status_at_kill = run_status(database, run_id)  # FINISHED: the kill came after the job's own end
         if status_at_kill == "RUNNING":
             break
+        snakemake(path, "--unlock")  # a killed Snakemake leaves its lock: the next try would be refused
         delay /= 4
     else:
         raise AssertionError(f"{run_name} ended before each of three kills")
