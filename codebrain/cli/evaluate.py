@@ -38,7 +38,7 @@ def cmd_compare(args):
                   for method, files in named_files(args.benchmarks or []).items()}
     with step_run(args, "compare_experiments", "compare_experiments") as tracker:
         markdown = compare_experiments({name: Path(path) for name, path in named_files(args.summary).items()},
-                                       Path(args.out), Path(args.markdown), benchmarks if args.benchmarks else None)
+                                       Path(args.out), Path(args.markdown), benchmarks or None)
         tracker.log_artifact(args.out)
         tracker.log_artifact(args.markdown)
     print(markdown)

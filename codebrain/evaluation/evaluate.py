@@ -29,7 +29,6 @@ METRICS = ["psnr", "ssim", "mae"]
 GROUPS = {"O->O": "one_to_one", "M->O": "many_to_one", "ALL": "all"}  # group -> its MLflow metric prefix
 
 
-
 def load_imputer(checkpoint: str | Path, contrasts: list[str] | None, device="cpu",
                  reconstruct: bool = True) -> tuple[object, str]:
     """(imputer, its imputation method) from a CodeBrain Stage II or a direct-regressor checkpoint (refused if
