@@ -13,7 +13,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+validate_config(config)
 
 
 report: "workflow/report/workflow.rst"

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from codebrain.checkpoints import load_codebrain
+from codebrain.rebuild import load_codebrain
 from codebrain.data.dataset import open_store
 from codebrain.evaluation.scenarios import all_scenarios, brain_masks, scenario_name
 from codebrain.evaluation.uncertainty import calibration, prior_outputs

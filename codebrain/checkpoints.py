@@ -1,4 +1,5 @@
-"""Model checkpoints: every save, load and rebuild of a trained network (docs/design.md, "Checkpoints").
+"""Model checkpoints: every save and load of a trained network's payload (docs/design.md, "Checkpoints"; the
+networks are rebuilt from it in codebrain/rebuild.py, so that saving needs none of them).
 
 A checkpoint holds {kind, model, model_config, step, metrics, version, git_commit} and whatever
 its kind adds (Stage II: its Stage I; every trained model: the slice store's summary): enough
@@ -12,11 +13,6 @@ from pathlib import Path
 import torch
 
 from codebrain.io import InputError, write_atomic
-from codebrain.models.config import ModelConfig
-from codebrain.models.direct import DirectRegressor
-from codebrain.models.prior import CodePrior
-from codebrain.models.reconstructor import Reconstructor
-from codebrain.models.segmenter import SegmenterConfig, build_segmenter
 from codebrain.provenance import git_commit
 
 CHECKPOINT_VERSION = 1
@@ -54,42 +50,3 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...], expected: dic
     if problems:
         raise InputError(f"{path}: checkpoint from another config: " + "; ".join(problems))
     return payload
-
-
-def _contrasts(contrasts: list[str] | None) -> dict | None:
-    return {"contrasts": list(contrasts)} if contrasts else None
-
-
-def _rebuild(network, model_config: dict, state_dict: dict):
-    model = network(ModelConfig.from_dict(model_config))
-    model.load_state_dict(state_dict)
-    return model.eval()
-
-
-def load_stage1(path: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, dict]:
-    """Stage I rebuilt from its checkpoint's own model_config (refused if trained on other contrasts)."""
-    payload = load_checkpoint(path, "stage1", _contrasts(contrasts))
-    return _rebuild(Reconstructor, payload["model_config"], payload["model"]), payload
-
-
-def codebrain_from(payload: dict) -> tuple[Reconstructor, CodePrior, dict]:
-    """(Stage I, E_prior, the training store's summary) from a loaded Stage II checkpoint."""
-    stage1 = _rebuild(Reconstructor, payload["stage1"]["model_config"], payload["stage1"]["model"])
-    prior = _rebuild(CodePrior, payload["model_config"], payload["model"])
-    return stage1, prior, payload["stage1"].get("data", {})
-
-
-def load_codebrain(path: str | Path, contrasts: list[str] | None = None) -> tuple[Reconstructor, CodePrior, dict]:
-    """Stage I, E_prior and the training store's summary (size, slicing) from a Stage II checkpoint."""
-    return codebrain_from(load_checkpoint(path, "stage2", _contrasts(contrasts)))
-
-
-def direct_from(payload: dict) -> DirectRegressor:
-    return _rebuild(DirectRegressor, payload["model_config"], payload["model"])
-
-
-def load_segmenter(path: str | Path, contrasts: list[str]):
-    payload = load_checkpoint(path, "segmenter", _contrasts(contrasts))
-    model = build_segmenter(SegmenterConfig(**payload["model_config"]))
-    model.load_state_dict(payload["model"])
-    return model.eval()

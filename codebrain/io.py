@@ -1,4 +1,5 @@
-"""What every part of the package shares: the input-error type, atomic writes, the compute device.
+"""What every part of the package shares: the input-error type, what a failing store raises, atomic writes,
+the compute device.
 
 Kept at the top level so that data, models, training and evaluation import it without importing
 each other (docs/design.md, "Imports").
@@ -17,6 +18,16 @@ from pathlib import Path
 
 class InputError(ValueError):
     """Bad input data; the message names the file and the problem."""
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a failing MLflow store raises: MLflow's own errors, SQLAlchemy's, the file system's and an HTTP
+    server's. A step survives these (its run waits offline); any other exception is a bug and fails the step."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, SQLAlchemyError, OSError, RequestException
 
 
 @contextmanager

@@ -6,6 +6,8 @@ The bottom layer: checkpoints, BIDS sidecars and MLflow runs all record it.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +24,11 @@ def git_commit() -> str:
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def config_hash(section: dict) -> str:
+    """The short hash of a config section that runs and resumable outputs are tagged with."""
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def code_version() -> dict:

@@ -81,11 +81,11 @@ def scored_model_version(uri: str, checkpoint: Path, name: str) -> dict:
     none when the checkpoint was never registered (a model trained outside the DAG) or the registry is unreachable."""
     from mlflow import MlflowClient
 
-    from codebrain.io import sha256sum
+    from codebrain.io import sha256sum, store_errors
 
     try:
         versions = MlflowClient(uri).search_model_versions(f"name = '{name}'")
-    except Exception:  # no registry, or the store is failing (the Tracker says so on its own calls)
+    except store_errors():  # the store is failing: the Tracker says so on its own calls
         return {}
     digest = sha256sum(checkpoint)
     for version in versions:

@@ -1,6 +1,6 @@
 """What the Snakefile does at start-up, kept here so that workflow/rules/ holds only rules, constants and get_*
-helpers: schema validation with short messages, config checks beyond the schema, the raw subjects, each
-experiment's section per training step, accelerate's launch options and the invocation's MLflow run."""
+helpers: the config's validation (codebrain/config.py), the raw subjects, each experiment's section per training
+step, accelerate's launch options and the invocation's MLflow run."""
 
 from __future__ import annotations
 
@@ -8,51 +8,21 @@ import json
 
 from snakemake.exceptions import WorkflowError
 
-from codebrain.data.layouts import CONTRASTS, LAYOUT_CONTRASTS, MATCHERS
-from codebrain.data.phantom import FLAVOURS
-from codebrain.training.config import config_hash, stage_section
+from codebrain.provenance import config_hash
+from codebrain.training.config import stage_section
 
 
-def validate_config(config: dict, schema: str) -> None:
-    """Snakemake's schema validation (it fills the defaults), failing with jsonschema's one-line reason, the
-    key it concerns and what is allowed there, instead of Snakemake's dump of the whole schema."""
-    from jsonschema.exceptions import ValidationError
-    from snakemake.utils import validate
+def validate_config(config: dict) -> None:
+    """The config checked against codebrain.config.PipelineConfig and its defaults filled in place (Snakemake's
+    `config` object), or a WorkflowError listing every bad key and value with its path."""
+    from codebrain.config import validated
 
     try:
-        validate(config, schema)
-    except WorkflowError as err:
-        error = err.__context__  # Snakemake raises its WorkflowError while handling jsonschema's error
-        if not isinstance(error, ValidationError):
-            raise
-        key = ".".join(map(str, error.absolute_path)) or "(top level)"
-        allowed = ""  # jsonschema's own message names the allowed values of an enum, not the allowed keys
-        if error.validator == "additionalProperties":
-            allowed = f"; allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}"
-        raise WorkflowError(f"config {key}: {error.message}{allowed}") from None
-
-
-def check_config(config: dict) -> None:
-    """Cross-key checks the JSON schema cannot express, each naming the key."""
-    dataset = config["dataset"]
-    contrasts, reference = dataset["contrasts"], dataset["reference"]
-    if dataset["layout"] not in MATCHERS:
-        raise WorkflowError(f"config dataset.layout: {dataset['layout']!r} is not one of {sorted(MATCHERS)}")
-    for contrast in [*contrasts, reference]:
-        if contrast not in CONTRASTS:
-            raise WorkflowError(f"config dataset.contrasts: {contrast!r} is not one of {CONTRASTS}")
-    if reference not in contrasts:
-        raise WorkflowError(f"config dataset.reference: {reference} is not one of dataset.contrasts {contrasts}")
-    for contrast in contrasts:
-        if contrast not in LAYOUT_CONTRASTS[dataset["layout"]]:
-            raise WorkflowError(f"config dataset.contrasts: {dataset['layout']} data have no {contrast} "
-                                f"(they have {LAYOUT_CONTRASTS[dataset['layout']]})")
-    if "phantom" in config:
-        flavour = config["phantom"]["flavour"]
-        missing = set(contrasts) - set(FLAVOURS[flavour])
-        if missing or (dataset["labels"] and flavour != "brats"):
-            raise WorkflowError(f"config phantom.flavour: {flavour} phantoms do not have "
-                                f"{sorted(missing) or 'labels'} (dataset.contrasts / dataset.labels)")
+        filled = validated(config)
+    except ValueError as err:
+        raise WorkflowError(f"config: {len(str(err).splitlines())} bad keys or values\n{err}") from None
+    config.clear()
+    config.update(filled)
 
 
 def experiment_json(section: dict, stage: str) -> str:
@@ -64,6 +34,7 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
     """onstart: refuse a GPU count this machine lacks or an MLflow server that does not answer, before any
     job; then open the parent MLflow run that the job runs nest under."""
     from codebrain.gpus import machine_gpus
+    from codebrain.io import store_errors
     from codebrain.provenance import git_commit
     from codebrain.tracking.lock import StoreLockTimeout
     from codebrain.tracking.offline import error_line
@@ -78,7 +49,7 @@ def start_invocation(config: dict, uri: str, local: bool, targets: list[str], jo
         open_invocation(uri, config["dataset"]["name"], tags, config)
     except (ConnectionError, StoreLockTimeout) as err:
         raise WorkflowError(f"config tracking.uri: {err}") from None
-    except Exception as err:  # MLflow, SQLAlchemy and the file system raise many types for a store it cannot write
+    except store_errors() as err:  # anything else is a bug, raised with its traceback
         raise WorkflowError(f"config tracking.uri: {uri}: the MLflow store cannot be written "
                             f"({error_line(err)})") from None
 

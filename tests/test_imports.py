@@ -4,41 +4,33 @@ layer, fails here, naming the import; so does a cycle."""
 
 import ast
 import shutil
-from pathlib import Path
 
-import codebrain
+from codebrain.sources import PACKAGE, imported_modules, parsed, part
 
-PACKAGE = Path(codebrain.__file__).parent
 LAYERS = [  # bottom first, as docs/design.md draws them
-    {"codebrain", "codebrain.provenance", "codebrain.io"},
+    {"codebrain", "codebrain.provenance", "codebrain.io", "codebrain.sources", "codebrain.validation"},
     {"codebrain.data", "codebrain.models", "codebrain.gpus"},
     {"codebrain.checkpoints"},
+    {"codebrain.rebuild"},
     {"codebrain.registry"},
     {"codebrain.evaluation"},
     {"codebrain.tracking", "codebrain.pyfunc_model"},
     {"codebrain.training"},
+    {"codebrain.config"},
     {"codebrain.workflow", "codebrain.cli"},
 ]
 
 
-def part(module: str) -> str:
-    """codebrain.training.loop -> codebrain.training; codebrain.io -> codebrain.io (a top-level module)."""
-    parts = module.split(".")
-    return ".".join(parts[:2])
-
-
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """Every import of a codebrain module by another part, function-level imports included."""
+def import_graph(package=PACKAGE) -> dict[str, set[str]]:
+    """Every import of a codebrain module by another part, function-level imports included (the walk the rerun
+    hashes use: codebrain/sources.py)."""
     graph: dict[str, set[str]] = {}
     for path in package.rglob("*.py"):
         module = ".".join(("codebrain",) + path.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
         graph.setdefault(part(module), set())
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
-            for name in names:
-                if name.startswith("codebrain.") and part(name) != part(module):
-                    graph[part(module)].add(part(name))
+        for name in imported_modules(parsed(path), package):
+            if part(name) != part(module) and part(name) != "codebrain":
+                graph[part(module)].add(part(name))
     return graph
 
 

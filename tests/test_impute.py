@@ -42,7 +42,7 @@ def test_imputed_test_subjects_carry_their_std_volumes(workdir):
     import pandas as pd
     import torch
 
-    from codebrain.checkpoints import load_codebrain
+    from codebrain.rebuild import load_codebrain
     from codebrain.evaluation.uncertainty import sample_imputations
 
     path, _ = workdir

@@ -91,23 +91,22 @@ def test_2018_labels_become_the_2023_convention(tmp_path):
 
 def test_the_layout_list_lives_in_one_place():
     """The readers, each layout's contrasts and download page, the CLI's choices and the config check agree."""
-    import yaml
     from snakemake.exceptions import WorkflowError
 
     from codebrain.cli import parser
     from codebrain.data.layouts import DOWNLOAD_PAGES, LAYOUT_CONTRASTS, MATCHERS
-    from codebrain.workflow import check_config
-    from helpers import REPO
+    from codebrain.workflow import validate_config
 
     assert set(MATCHERS) == set(LAYOUT_CONTRASTS) == set(DOWNLOAD_PAGES)
     check_raw = parser()._subparsers._group_actions[0].choices["check-raw"]
     layout_option = next(a for a in check_raw._actions if a.dest == "layout")
     assert list(layout_option.choices) == sorted(MATCHERS)
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert "enum" not in schema["properties"]["dataset"]["properties"]["layout"]  # checked against MATCHERS instead
     for layout, contrasts in LAYOUT_CONTRASTS.items():
-        check_config({"dataset": {"layout": layout, "contrasts": contrasts, "reference": contrasts[0], "labels": False}})
-    with pytest.raises(WorkflowError, match="dataset.layout: 'nifti' is not one of"):
-        check_config({"dataset": {"layout": "nifti", "contrasts": ["T1"], "reference": "T1", "labels": False}})
+        validate_config({"dataset": {"name": "d", "root": "r", "layout": layout, "contrasts": contrasts,
+                                     "reference": contrasts[0]}})
+    with pytest.raises(WorkflowError, match="dataset.layout: 'nifti' is not one of ixi, brats, bids, msd"):
+        validate_config({"dataset": {"name": "d", "root": "r", "layout": "nifti", "contrasts": ["T1", "T2"],
+                                     "reference": "T1"}})
     with pytest.raises(WorkflowError, match="dataset.contrasts: ixi data have no FLAIR"):
-        check_config({"dataset": {"layout": "ixi", "contrasts": ["T1", "FLAIR"], "reference": "T1", "labels": False}})
+        validate_config({"dataset": {"name": "d", "root": "r", "layout": "ixi", "contrasts": ["T1", "FLAIR"],
+                                     "reference": "T1"}})

@@ -277,12 +277,11 @@ def test_metrics_match_scikit_image():
                                          "config/brats.yaml"])
 def test_shipped_configs_validate_and_build(config_file):
     import yaml
-    from snakemake.utils import validate
 
+    from codebrain.config import validated
     from codebrain.training.config import parse_experiment
 
-    config = yaml.safe_load(open(config_file))
-    validate(config, "workflow/schemas/config.schema.yaml")
+    config = validated(yaml.safe_load(open(config_file)))
     for name, section in config["experiments"].items():
         experiment = parse_experiment(section, config["dataset"]["contrasts"])
         size = config["slices"]["size"]

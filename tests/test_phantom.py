@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,24 @@ def test_deterministic_for_a_seed(tmp_path):
     a, b, c = (load_volume(f["PD"])[0] for f in (first, second, other))
     assert np.array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_the_cli_takes_the_workflow_section_and_its_flags_win(tmp_path):
+    """`codebrain phantom --config` carries the section's other keys (the noise here); a flag overrides it."""
+    from helpers import run_cli
+
+    section = {"flavour": "ixi", "downsample": 4.0, "seed": 11, "noise": 0.0}
+    run_cli("phantom", "--root", str(tmp_path / "quiet"), "--config", json.dumps(section), "--index", "1")
+    run_cli("phantom", "--root", str(tmp_path / "seeded"), "--config", json.dumps(section), "--seed", "12", "--index", "1")
+    quiet = make_subject(1, PhantomConfig(**section), tmp_path / "direct")
+    noisy = make_subject(1, PhantomConfig(**{**section, "noise": 0.05}), tmp_path / "noisy")
+    pd = lambda root: load_volume(next(root.rglob("*-PD.nii.gz")))[0]
+    assert np.array_equal(pd(tmp_path / "quiet"), load_volume(quiet["PD"])[0])
+    assert not np.array_equal(load_volume(quiet["PD"])[0], load_volume(noisy["PD"])[0])
+    assert not np.array_equal(pd(tmp_path / "quiet"), pd(tmp_path / "seeded"))
+    bad = run_cli("phantom", "--root", str(tmp_path / "bad"), "--config", '{"noise_level": 1}', "--index", "1",
+                  check=False)
+    assert bad.returncode == 2 and "--config.noise_level: unknown key" in bad.stderr
 
 
 def test_ixi_flavour_has_real_layout_and_own_grids(ixi_phantom):

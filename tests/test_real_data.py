@@ -4,7 +4,6 @@ BraTS sample checked by sha256, and a copied project reruns nothing and writes n
 
 import functools
 import http.server
-import json
 import re
 import shutil
 import subprocess

@@ -124,7 +124,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_code_cache_holds_stage1_codes_of_every_slice(trained, store):
-    from codebrain.checkpoints import load_stage1
+    from codebrain.rebuild import load_stage1
 
     codes = np.load(trained / "codes" / "train.npy")
     slices = np.load(store / "train.npy")
@@ -388,7 +388,8 @@ def test_protocols_and_ablations_train_through_both_stages_as_themselves(store, 
     """Each variant through Stage I, the code cache and Stage II (the CLI in this process), then what makes it that
     variant, on the rebuilt networks; and for all, the GAN's start: the discriminator's first logged step is
     gan_start of the steps after the first."""
-    from codebrain.checkpoints import codebrain_from, load_checkpoint
+    from codebrain.checkpoints import load_checkpoint
+    from codebrain.rebuild import codebrain_from
 
     variant, check = VARIANTS[name]
     config = {"protocol": variant.get("protocol", "paper"), "model": {**MODEL, **variant["model"]},
@@ -412,7 +413,7 @@ def test_protocols_and_ablations_train_through_both_stages_as_themselves(store, 
 
 
 def test_a_finetuned_decoder_starts_as_stage1s_and_learns_to_decode_the_predicted_codes(trained, store, tmp_path):
-    from codebrain.checkpoints import load_codebrain, load_stage1
+    from codebrain.rebuild import load_codebrain, load_stage1
     from codebrain.models.config import ModelConfig
     from codebrain.training.loop import TrainingBatch, counted_step, make_accelerator
     from codebrain.training.config import parse_experiment
@@ -714,6 +715,28 @@ def test_a_trained_model_waits_for_sync_when_the_store_fails_and_is_registered_t
     assert run.data.tags["rule"] == "train_direct" and run.info.status == "FINISHED"
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {f"{store.parent.name}/train", f"{store.parent.name}/val"}
     assert client.get_model_version_by_alias("synthetic-plain", "champion").version == version.version
+
+
+def test_a_bug_in_our_logging_fails_the_training_step(store, tmp_path, monkeypatch, capsys):
+    """A bug in registry.log_imputer (here a KeyError) is not a failing store: the step fails with the traceback,
+    and no run waits offline as if the store were at fault."""
+    from codebrain.cli import main
+    from codebrain.tracking import offline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    def buggy(*args, **kwargs):
+        raise KeyError("model.version")
+
+    monkeypatch.setitem(offline.OUR_LOGGERS, "log_imputer", buggy)
+    config = {"method": "direct", "model": {k: MODEL[k] for k in ("width", "enc_blocks", "dec_blocks", "middle_blocks")},
+              "train": {"steps": 2, "batch_size": 4, "validate_every": 2, "log_every": 2}}
+    with pytest.raises(KeyError, match="model.version"):
+        main(["train-direct", "--store", str(store), "--out", str(tmp_path / "direct.pt"), "--contrasts", *CONTRASTS,
+              "--config", json.dumps(config), "--dataset", "synthetic", "--experiment", "plain", "--tracking-uri", uri])
+    assert not list((tmp_path / "mlflow-pending").glob("*.json"))
+    assert "MLflow store" not in capsys.readouterr().err  # not reported as the store's failure
 
 
 def test_code_diagnostics_by_hand():

@@ -107,6 +107,14 @@ def changed_config(tmp_path, edit) -> Path:
     return changed
 
 
+def test_every_phantom_key_reaches_its_jobs(workdir, tmp_path):
+    """A phantom key past flavour, downsample and seed (here the noise) regenerates the cohort; more subjects
+    only add jobs."""
+    path, _ = workdir
+    noisier = changed_config(tmp_path, lambda c: c["phantom"].update(noise=0.03))
+    assert planned_jobs(path, configfile=noisier)["make_phantom_subject"] == 4
+
+
 @pytest.mark.parametrize("stage,rerun", [
     ("stage2", {"train_stage2": 1, **EVALUATION, "compare_experiments": 1, "all": 1}),
     ("stage1", {**TRAINING, **EVALUATION, "compare_experiments": 1, "all": 1}),
@@ -134,17 +142,18 @@ def test_another_tracking_store_reruns_nothing(workdir, tmp_path):
 
 
 def test_edited_model_source_reruns_training_not_preprocessing(workdir):
-    """An edited model file: every training step and what follows, but no registration or slicing."""
+    """An edited FSQ: CodeBrain's training steps and what follows, but no slicing and not the regressor, whose
+    command never imports it (tests/test_sources.py edits every module)."""
     path, _ = workdir
     source = workflow_copy() / "codebrain" / "models" / "fsq.py"
     original = source.read_text()
-    source.write_text(original + "\n# an edit\n")
+    source.write_text(original + "\nEDITED = 1\n")  # code: a comment alone reruns nothing (tests/test_sources.py)
     try:
         planned = planned_jobs(path)
     finally:
         source.write_text(original)
     assert planned == {"train_stage1": EXPERIMENTS, "cache_codes": EXPERIMENTS, "train_stage2": EXPERIMENTS,
-                       "train_direct": 1, "evaluate_model": EXPERIMENTS + 1, "impute_test_subjects": EXPERIMENTS,
+                       "evaluate_model": EXPERIMENTS + 1, "impute_test_subjects": EXPERIMENTS,
                        "compare_experiments": 1, "all": 1}
     assert planned_jobs(path) == {}
 
@@ -198,61 +207,6 @@ def test_changed_slicing_parameter_spares_registration(workdir, tmp_path):
     planned = snakemake(path, "-n", "--quiet", "rules", configfile=changed).stdout
     assert re.search(r"^extract_slices\s+4$", planned, re.M)
     assert "register_subject" not in planned and "make_phantom_subject" not in planned
-
-
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: c["dataset"]["contrasts"].append("T3"), r"'T3' is not one of"),
-    (lambda c: c["slices"].update(size="big"), r"'big' is not of type 'integer'"),
-    (lambda c: c["dataset"].pop("root"), r"'root' is a required property"),
-    (lambda c: c["dataset"].update(reference="FLAIR"), r"dataset.reference: FLAIR is not one of dataset.contrasts"),
-    (lambda c: c["experiments"]["codebrain"]["model"].update(widht=8), r"experiments.codebrain: model: unknown keys \['widht'\]"),
-    (lambda c: c["experiments"]["codebrain"].update(protocol="preprint"), r"'preprint' is not one of"),
-    (lambda c: c.update(tracking={"uri": "http://127.0.0.1:9"}), r"tracking.uri: MLflow server http://127.0.0.1:9 is not reachable"),
-    (lambda c: c.update(training={"gpus": 64}), r"training.gpus: 64 GPUs per job, but this machine has"),
-    (lambda c: c.update(trainig={"gpus": 0}), r"config \(top level\): Additional properties are not allowed "
-                                              r"\('trainig' was unexpected\); allowed keys: .*training"),
-    (lambda c: c["slices"].update(normalisation="zscore"),
-     r"config slices.normalisation: 'zscore' is not one of \['minmax', 'percentile'\]"),
-])
-def test_bad_config_fails_before_any_job(tmp_path, edit, message):
-    """Schema errors when Snakemake parses the config; a GPU count this machine lacks or an MLflow server that
-    does not answer at start-up: all before the first job. Run through the functions Snakemake's start-up calls,
-    in this process (test_a_misspelt_key_stops_snakemake_itself proves they are wired in)."""
-    config = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
-    edit(config)
-    error = start_up_error(config, tmp_path)
-    assert re.search(message, error), error
-    assert "Failed validating" not in error  # the reason, not Snakemake's dump of the schema
-    assert not (tmp_path / "results").exists()
-
-
-def start_up_error(config: dict, tmp_path) -> str:
-    """What Snakemake's start-up (the Snakefile, common.smk, onstart) says of a config: its error, else ""."""
-    from snakemake.exceptions import WorkflowError
-
-    from codebrain.tracking.runs import tracking_uri
-    from codebrain.training.config import split_experiments
-    from codebrain.workflow import check_config, start_invocation, validate_config
-
-    try:
-        validate_config(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-        check_config(config)
-        split_experiments(config["experiments"], config["dataset"]["contrasts"])
-        start_invocation(config, tracking_uri(config["tracking"]["uri"], tmp_path / "results"), True, [], 0)
-    except (WorkflowError, ValueError) as err:
-        return str(err)
-    return ""
-
-
-def test_a_misspelt_key_stops_snakemake_itself(tmp_path):
-    config = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
-    config["experiments"]["codebrain"]["model"]["widht"] = 8
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path, configfile=bad, check=False)
-    assert result.returncode != 0
-    assert "experiments.codebrain: model: unknown keys ['widht']" in result.stdout + result.stderr
-    assert not (tmp_path / "results").exists()
 
 
 def test_a_store_that_cannot_be_written_fails_at_start_up_in_one_line(tmp_path):

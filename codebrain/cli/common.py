@@ -36,20 +36,6 @@ def config_section(args) -> dict:
         raise InputError(f"--config: neither a file nor JSON ({err})") from err
 
 
-def experiment_from(args, kind):
-    """The --config section parsed as `kind` (Experiment or DirectExperiment), or a clear refusal."""
-    from codebrain.training.config import parse_experiment
-
-    try:
-        experiment = parse_experiment(config_section(args), args.contrasts)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"--config: {err}") from err
-    if not isinstance(experiment, kind):
-        raise InputError("--config: train-direct needs an experiment with method: direct"
-                         if args.command == "train-direct" else "--config: a method: direct experiment trains with train-direct")
-    return experiment
-
-
 def store_uri(args) -> str:
     """The MLflow store this command logs to; said on stderr when neither --tracking-uri nor
     MLFLOW_TRACKING_URI chose it (a command run by hand), so no store appears unannounced."""
@@ -70,9 +56,8 @@ def step_run(args, rule: str, run_name: str, params: dict | None = None, record:
     """The MLflow run of one step, nested under the invocation's run: FINISHED with its run record when the
     block ends, FAILED if it raises. params default to the command's arguments. Disabled when the command
     gets no --dataset (data commands run by hand)."""
-    from codebrain.provenance import git_commit
+    from codebrain.provenance import config_hash, git_commit
     from codebrain.tracking.tracker import Tracker
-    from codebrain.training.config import config_hash
 
     if not args.dataset:
         tracker = Tracker(False)

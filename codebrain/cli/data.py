@@ -8,12 +8,27 @@ from pathlib import Path
 
 from codebrain.cli.common import add_tracking_arguments, named_files, step_run
 from codebrain.data.layouts import MATCHERS
+from codebrain.io import InputError
+
+
+def phantom_config(section: dict):
+    """PhantomConfig of a --config section and the flags, or a refusal naming each bad key."""
+    from pydantic import ValidationError
+
+    from codebrain.data.phantom import PhantomConfig
+    from codebrain.validation import error_lines
+
+    try:
+        return PhantomConfig.model_validate(section)
+    except ValidationError as err:
+        raise InputError(error_lines(err, PhantomConfig, ("--config",))) from None
 
 
 def cmd_phantom(args):
-    from codebrain.data.phantom import PhantomConfig, make_subject
+    from codebrain.data.phantom import make_subject
 
-    cfg = PhantomConfig(flavour=args.flavour, n_subjects=args.n_subjects, downsample=args.downsample, seed=args.seed)
+    flags = {"flavour": args.flavour, "n_subjects": args.n_subjects, "downsample": args.downsample, "seed": args.seed}
+    cfg = phantom_config({**json.loads(args.config), **{k: v for k, v in flags.items() if v is not None}})
     for index in args.index or range(1, cfg.n_subjects + 1):
         with step_run(args, "make_phantom_subject", f"make_phantom_subject/{index}", subject=index) as tracker:
             written = make_subject(index, cfg, Path(args.root))
@@ -106,11 +121,13 @@ def cmd_build_store(args):
 def add_parsers(sub) -> None:
     p = sub.add_parser("phantom", help="write a synthetic cohort in IXI or BraTS 2023 layout")
     p.add_argument("--root", required=True)
-    p.add_argument("--flavour", choices=["ixi", "brats"], default="ixi")
-    p.add_argument("--n-subjects", type=int, default=8)
+    p.add_argument("--config", default="{}", help="the workflow's phantom section as JSON (noise, bias, ...); the flags "
+                                                  "below win; defaults: codebrain.data.phantom.PhantomConfig")
+    p.add_argument("--flavour", choices=["ixi", "brats"])
+    p.add_argument("--n-subjects", type=int)
     p.add_argument("--index", type=int, action="append", help="only subject number INDEX (repeatable)")
-    p.add_argument("--downsample", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--downsample", type=float)
+    p.add_argument("--seed", type=int)
     add_tracking_arguments(p)
     p.set_defaults(func=cmd_phantom)
 

@@ -61,14 +61,16 @@ def cmd_impute_split(args):
 
 def cmd_train_segmenter(args):
     from codebrain.evaluation.segmentation import train_segmenter
+    from pydantic import ValidationError
+
     from codebrain.models.segmenter import SegmenterConfig
-    from codebrain.training.config import dataclass_from
+    from codebrain.validation import error_lines
 
     try:
-        cfg = dataclass_from(SegmenterConfig, config_section(args), "segmentation")
-    except (TypeError, ValueError) as err:
-        raise InputError(f"--config: {err}") from err
-    params = {f"segmentation.{k}": v for k, v in vars(cfg).items() if k != "contrasts"}
+        cfg = SegmenterConfig.model_validate(config_section(args))
+    except ValidationError as err:
+        raise InputError(error_lines(err, SegmenterConfig, ("--config",))) from None
+    params = {f"segmentation.{k}": v for k, v in cfg.model_dump().items() if k != "contrasts"}
     with step_run(args, "train_segmenter", "train_segmenter", params=params, record=args.run_record) as tracker:
         metrics = train_segmenter(Path(args.store), cfg, Path(args.out), tracker)
         tracker.log_metrics(metrics)
@@ -76,7 +78,7 @@ def cmd_train_segmenter(args):
 
 
 def cmd_evaluate_segmentation(args):
-    from codebrain.checkpoints import load_segmenter
+    from codebrain.rebuild import load_segmenter
     from codebrain.evaluation.evaluate import load_imputer
     from codebrain.evaluation.segmentation import evaluate_segmentation, logged_metrics, markdown_table, write_tables
 

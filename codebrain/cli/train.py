@@ -7,14 +7,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from codebrain.cli.common import add_run_arguments, config_section, experiment_from, step_run, store_uri
+from codebrain.cli.common import add_run_arguments, config_section, step_run, store_uri
 from codebrain.io import InputError
+
+
+def experiment_from(args, kind):
+    """The --config section parsed as `kind` (Experiment or DirectExperiment), or a refusal naming each bad key."""
+    from pydantic import ValidationError
+
+    from codebrain.training.config import AnyExperiment, parse_experiment
+    from codebrain.validation import error_lines
+
+    try:
+        experiment = parse_experiment(config_section(args), args.contrasts)
+    except ValidationError as err:
+        raise InputError(error_lines(err, AnyExperiment, ("--config",))) from None
+    if not isinstance(experiment, kind):
+        raise InputError("--config: train-direct needs an experiment with method: direct"
+                         if args.command == "train-direct" else "--config: a method: direct experiment trains with train-direct")
+    return experiment
 
 
 def run_spec(args, rule: str):
     """Where a training run reads and writes and how it is tracked (the loop opens its own MLflow run)."""
-    from codebrain.provenance import git_commit
-    from codebrain.training.config import config_hash
+    from codebrain.provenance import config_hash, git_commit
     from codebrain.training.loop import RunSpec
 
     tags = {"rule": rule, "dataset": args.dataset, "experiment": args.experiment,

@@ -13,13 +13,14 @@ contrast and Rician noise. The template is skull-stripped, so are the phantoms. 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Annotated, Literal
 
 import nibabel as nib
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from scipy import ndimage
 
 from codebrain.data.layouts import phantom_subject_files, phantom_subject_id
@@ -51,17 +52,20 @@ INTENSITY_SCALE = 1000.0  # signal 1.0 -> 1000, stored as int16 like the real sc
 LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 3}
 
 
-@dataclass
-class PhantomConfig:
-    flavour: str = "ixi"
-    n_subjects: int = 8
-    downsample: float = 1.0  # 1 = the template's 1 mm grid; 2 halves each axis
+class PhantomConfig(BaseModel):
+    """The `phantom` section: when present, the raw data are generated (a synthetic cohort), not read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flavour: Literal[tuple(FLAVOURS)] = "ixi"
+    n_subjects: PositiveInt = 8
+    downsample: Annotated[float, Field(ge=1)] = 1.0  # 1 = the template's 1 mm grid; 2 halves each axis
     seed: int = 0
-    max_rotation_deg: float = 5.0  # ixi: per-contrast head pose
-    max_translation_mm: float = 5.0
-    deformation_mm: float = 3.0
-    noise: float = 0.015  # Rician sigma as a fraction of INTENSITY_SCALE
-    bias: float = 0.15  # peak relative amplitude of the bias field
+    max_rotation_deg: NonNegativeFloat = 5.0  # ixi: per-contrast head pose
+    max_translation_mm: NonNegativeFloat = 5.0
+    deformation_mm: NonNegativeFloat = 3.0
+    noise: NonNegativeFloat = 0.015  # Rician sigma as a fraction of INTENSITY_SCALE
+    bias: NonNegativeFloat = 0.15  # peak relative amplitude of the bias field
 
 
 def signal(t1, t2, pd, sequence: dict) -> np.ndarray:

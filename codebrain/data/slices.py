@@ -10,27 +10,34 @@ normalisation range and crop are kept so imputations can go back to the original
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import nibabel as nib
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from scipy import ndimage
 
 from codebrain.io import InputError, write_atomic
 from codebrain.data.layouts import brats_labels
 from codebrain.data.nifti import load_volume
 
-@dataclass
-class SliceConfig:
-    n_slices: int = 16  # K middle axial slices of the brain
-    size: int = 64  # S: crop/pad to S x S
-    normalisation: str = "minmax"  # minmax | percentile
-    lower_percentile: float = 0.0  # percentile mode: over brain voxels
-    upper_percentile: float = 99.5
-    dtype: str = "float16"
-    spacing: list[float] | None = None  # [in-plane, through-plane] mm to resample to; None keeps the voxel grid
-    train_extent: str = "middle"  # middle: training subjects give the K middle slices too; brain: every brain slice
+class SliceConfig(BaseModel):
+    """The `slices` section: how volumes become the store's slices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_slices: PositiveInt = 90  # K middle axial slices of the brain (ignored for subjects in splits.table)
+    size: Annotated[int, Field(ge=8)] = 256  # S: crop/pad to S x S
+    normalisation: Literal["minmax", "percentile"] = "minmax"
+    lower_percentile: Annotated[float, Field(ge=0, le=100)] = 0.0  # percentile mode: over brain voxels
+    upper_percentile: Annotated[float, Field(ge=0, le=100)] = 99.5
+    dtype: Literal["float16", "float32"] = "float16"
+    # [in-plane, through-plane] mm to resample every volume to (labels nearest-neighbour); None keeps each grid
+    spacing: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)] | None = None
+    # middle: training subjects give their K middle slices too; brain: every axial slice with brain (validation and
+    # test keep the middle K)
+    train_extent: Literal["middle", "brain"] = "middle"
 
 
 def canonical(data: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
@@ -221,6 +228,5 @@ def extract_subject(subject: str, files: dict[str, Path], contrasts: list[str], 
 
 
 def slice_config(section: dict) -> SliceConfig:
-    """SliceConfig from the config's `slices` section (unknown keys ignored: they belong to the rule)."""
-    fields = asdict(SliceConfig()).keys()
-    return SliceConfig(**{k: v for k, v in section.items() if k in fields})
+    """SliceConfig from the config's `slices` section (or a store's record of it)."""
+    return SliceConfig.model_validate(section)

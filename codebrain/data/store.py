@@ -7,7 +7,6 @@ the per-volume normalisation and geometry tables; store.json describes it all.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,7 @@ def build_store(subject_files: dict[str, Path], assignment: dict[str, str], cont
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"contrasts": list(contrasts), "splits": {}, "slicing": asdict(slicing or SliceConfig())}
+    summary = {"contrasts": list(contrasts), "splits": {}, "slicing": (slicing or SliceConfig()).model_dump()}
     normalisation_rows, geometry_rows, voxel_sizes = [], [], []
     for split in SPLITS:
         subjects = sorted(s for s, name in assignment.items() if name == split)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from codebrain.checkpoints import codebrain_from, direct_from, load_checkpoint
+from codebrain.checkpoints import load_checkpoint
+from codebrain.rebuild import codebrain_from, direct_from
 from codebrain.data.dataset import open_store
 from codebrain.evaluation.scenarios import (CODE_METRICS, CodeBrainImputer, DirectImputer, all_scenarios,
                                             evaluate_scenarios, scenario_name)

@@ -9,7 +9,6 @@ from all real contrasts (the "(Seg.)" rows): how much of its answer the missing 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def train_segmenter(store: Path, cfg: SegmenterConfig, out: Path, tracker=None) 
     device = default_device()
     slices, summary = open_store(store, "train")
     labels = open_labels(store, "train")
-    cfg = replace(cfg, contrasts=summary["contrasts"])
+    cfg = cfg.model_copy(update={"contrasts": summary["contrasts"]})
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)

@@ -1,8 +1,14 @@
-"""The model's shape in one dataclass, saved in every checkpoint so a model can be rebuilt from it."""
+"""The model's shape in one typed section, saved in every checkpoint so a model can be rebuilt from it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+
+from codebrain import CONTRASTS
+
+Contrast = Literal[CONTRASTS]
 
 # The keys that shape E_prior alone: changing them retrains Stage II but not Stage I.
 PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss", "prior_availability",
@@ -11,54 +17,57 @@ PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
 
-@dataclass
-class ModelConfig:
-    contrasts: list[str] = field(default_factory=lambda: ["T1", "T2", "PD"])
+class ModelConfig(BaseModel):
+    """The networks' shape (the `model` section of an experiment). Types and choices are checked here, so a bad
+    value stops the pipeline at start-up with its key, not a training job hours later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contrasts: list[Contrast] = Field(default_factory=lambda: ["T1", "T2", "PD"], min_length=2)
     # Stage I: E_posterior, E_s and D_a share the NAFNet shape; code maps are H / 2**len(enc_blocks)
-    width: int = 16
-    enc_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
-    middle_blocks: int = 1
-    dec_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
-    common_width: int = 0  # E_s width; 0 = width (the release uses 96)
+    width: PositiveInt = 16
+    enc_blocks: list[NonNegativeInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
+    middle_blocks: NonNegativeInt = 1
+    dec_blocks: list[NonNegativeInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
+    common_width: NonNegativeInt = 0  # E_s width; 0 = width (the release uses 96)
     common_features: bool = True  # F_c on/off (the paper's ablation)
     joint_code: bool = False  # release: one code map from all N contrasts; D_a outputs all N
-    decoder: str = "unet"  # unet (NAFNet with skips from E_s) | wide (release: 1x1 fusion, blocks, PixelShuffle)
+    decoder: Literal["unet", "wide"] = "unet"  # unet: NAFNet with skips from E_s; wide (release): 1x1 fusion, blocks, PixelShuffle
     decoder_skips: bool = True  # unet: E_s's skips into D_a; False: F_c enters at the bottleneck only (release)
-    decoder_width: int = 1536
-    decoder_blocks: int = 6
+    decoder_width: PositiveInt = 1536
+    decoder_blocks: NonNegativeInt = 6
     # the code: d dimensions with L levels each (or per-dimension levels, e.g. the release's 8,8,8,5,5,5)
-    quantiser: str = "fsq"  # fsq | vq | continuous
-    code_dim: int = 9
-    levels: int | list[int] = 5
-    codebook_size: int = 512  # vq only
-    commitment: float = 0.25  # vq only
+    quantiser: Literal["fsq", "vq", "continuous"] = "fsq"  # models/quantisers.py QUANTISERS
+    code_dim: PositiveInt = 9
+    levels: Annotated[int, Field(ge=2)] | list[Annotated[int, Field(ge=2)]] = 5
+    codebook_size: Annotated[int, Field(ge=2)] = 512  # vq only
+    commitment: NonNegativeFloat = 0.25  # vq only
     # Stage II: E_prior
-    prior_width: int = 16
-    prior_enc_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
-    prior_middle_blocks: int = 1
-    prior_loss: str = "grading"  # grading (ordinal BCE) | ce; vq always ce, continuous l1
+    prior_width: PositiveInt = 16
+    prior_enc_blocks: list[NonNegativeInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
+    prior_middle_blocks: NonNegativeInt = 1
+    prior_loss: Literal["grading", "ce"] = "grading"  # vq always ce, continuous l1
     prior_availability: bool = False  # E_prior also sees the availability bits as constant planes (as the regressor)
-    prior_decode: str = "hard"  # what D_a decodes: hard (the grading count, paper) | expected (sum_j j P(level = j))
+    prior_decode: Literal["hard", "expected"] = "hard"  # what D_a decodes: the grading count (paper) | sum_j j P(level = j)
     finetune_decoder: bool = False  # Stage II keeps its own copy of D_a, trained to decode the predicted codes
     # PatchGAN
-    disc_width: int = 64
-    disc_layers: int = 3
+    disc_width: PositiveInt = 64
+    disc_layers: PositiveInt = 3
     disc_conditional: bool = False  # release: D sees the masked input beside the image
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def per_dimension_levels(self) -> "ModelConfig":
+        """levels: L becomes [L] * code_dim; a list sets code_dim. Then the checks across keys."""
         if isinstance(self.levels, int):
             self.levels = [self.levels] * self.code_dim
-        self.levels, self.code_dim = list(self.levels), len(self.levels)
-        if self.decoder not in ("unet", "wide"):
-            raise ValueError(f"model.decoder: {self.decoder!r} is not unet or wide")
-        if self.prior_decode not in ("hard", "expected"):
-            raise ValueError(f"model.prior_decode: {self.prior_decode!r} is not hard or expected")
-        if self.prior_loss not in ("grading", "ce"):
-            raise ValueError(f"model.prior_loss: {self.prior_loss!r} is not grading or ce")
+        self.code_dim = len(self.levels)
         if self.finetune_decoder and self.joint_code:
-            raise ValueError("model.finetune_decoder needs a code map per contrast (model.joint_code is on)")
+            raise ValueError("finetune_decoder: needs a code map per contrast (joint_code is on)")
         if len(self.dec_blocks) != len(self.enc_blocks):
-            raise ValueError("model.dec_blocks must have one entry per encoder level (model.enc_blocks)")
+            raise ValueError("dec_blocks: must have one entry per encoder level (enc_blocks)")
+        if self.decoder == "unet" and self.common_features and self.common_width not in (0, self.width):
+            raise ValueError("common_width: must equal width with the unet decoder (additive skips)")
+        return self
 
     @property
     def n_code_maps(self) -> int:
@@ -71,12 +80,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, section: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**section)
+        return cls.model_validate(section)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 

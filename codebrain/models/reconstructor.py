@@ -68,8 +68,6 @@ def build_decoder(cfg: ModelConfig) -> nn.Module:
     common_width = cfg.common_width or cfg.width
     common_channels = common_width * cfg.downsampling if cfg.common_features else 0
     decoder = WideDecoder if cfg.decoder == "wide" else UNetDecoder
-    if decoder is UNetDecoder and cfg.common_features and common_width != cfg.width:
-        raise ValueError("model.common_width must equal model.width with the unet decoder (additive skips)")
     return decoder(cfg, common_channels, len(cfg.contrasts) if cfg.joint_code else 1)
 
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from codebrain.models.config import Contrast
 
 N_CLASSES = 4  # background and the BraTS labels 1 (necrosis), 2 (oedema), 3 (enhancing)
 
 
-@dataclass
-class SegmenterConfig:
-    contrasts: list[str] = field(default_factory=lambda: ["T1", "T2", "FLAIR", "T1Gd"])
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    res_units: int = 1
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
+class SegmenterConfig(BaseModel):
+    """The tumour U-Net of the Table 4 evaluation: the `segmentation` section, with the dataset's contrasts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contrasts: list[Contrast] = ["T1", "T2", "FLAIR", "T1Gd"]
+    channels: Annotated[list[PositiveInt], Field(min_length=2)] = [16, 32, 64, 128]
+    res_units: NonNegativeInt = 1
+    steps: PositiveInt = 600
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 1e-3
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def build_segmenter(cfg: SegmenterConfig):

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from codebrain.io import sha256sum, write_atomic
+from codebrain.io import sha256sum, store_errors, write_atomic
 from codebrain.provenance import process_provenance
-from codebrain.tracking.lock import store_lock
+from codebrain.tracking.lock import StoreLockTimeout, store_lock
 from codebrain.tracking.offline import error_line, logging_function, pending_dir
 from codebrain.tracking.runs import PARENT_RUN_VARIABLE, experiment_id, notes
 
@@ -22,7 +22,8 @@ from codebrain.tracking.runs import PARENT_RUN_VARIABLE, experiment_id, notes
 class Tracker:
     """A thin MLflow run; a disabled Tracker (non-main processes) does nothing.
 
-    A store that fails (locked, read-only, a server gone) never fails the step: from the first failing call on,
+    A store that fails (locked, read-only, a server gone: io.store_errors) never fails the step; a bug of ours does,
+    with its traceback. From the first failing call on,
     what the run would have logged is kept and written at `finish` to pending_dir(uri) as one JSON file, with one
     line on stderr; `codebrain sync-tracking` (`sync_pending`) logs it once the store works again."""
 
@@ -49,7 +50,7 @@ class Tracker:
                 self.run_id = self.pending["run_id"] = self.run.info.run_id
                 if params:
                     mlflow.log_params(self.pending["params"])
-        except Exception as err:  # MLflow, SQLAlchemy, the file system and the lock raise many types
+        except (*store_errors(), StoreLockTimeout) as err:
             self.go_offline(err)
 
     def go_offline(self, err: Exception) -> None:
@@ -65,7 +66,7 @@ class Tracker:
                 with self.locked():
                     logging_function(self.mlflow, method)(*args, **kwargs)
                 return
-            except Exception as err:
+            except (*store_errors(), StoreLockTimeout) as err:
                 self.go_offline(err)
         self.pending["calls"].append([method, list(args), kwargs])
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from codebrain.checkpoints import load_stage1
+from codebrain.rebuild import load_stage1
 from codebrain.data.dataset import open_store
 from codebrain.io import default_device, write_atomic
 

@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass per stage, and the two protocols (paper text, authors' release).
+"""Training configuration: one typed section per stage, and the protocols (paper text, authors' release).
 
 An experiment's config section is {protocol, model, stage1, stage2}; the protocol supplies
 defaults (docs/design.md, "Protocols") and the section's own keys win, so the paper's ablations and the
@@ -8,55 +8,50 @@ release are configs, not code edits.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Literal, Union
 
-from codebrain.data.augment import KINDS as AUGMENT_KINDS, check_kinds
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                      PositiveInt, Tag, TypeAdapter, model_validator)
+
+from codebrain.data.augment import KINDS as AUGMENT_KINDS
 from codebrain.models.config import PRIOR_FIELDS, ModelConfig
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 16  # global batch: split across processes, so any process count sees the same batches
-    optimizer: str = "adam"  # adam | adamw
-    lr: float = 1e-3
-    lr_min: float = 1e-5  # cosine floor
-    warmup_steps: int = 0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+class TrainConfig(BaseModel):
+    """One training stage's settings (an experiment's `stage1`, `stage2` or `train` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 16  # global batch: split across processes, so any process count sees the same batches
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: PositiveFloat = 1e-3
+    lr_min: NonNegativeFloat = 1e-5  # cosine floor
+    warmup_steps: NonNegativeInt = 0
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.9, 0.999]
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: NonNegativeFloat = 1.0  # 0: no clipping
     activation_checkpointing: bool = False  # recompute NAFBlock activations in backward: memory for ~10 % time
     # Stage I only: adversarial term and reconstruction weights
-    gan_weight: float = 1.0  # lambda; 0 switches the discriminator off
-    gan_loss: str = "vanilla"  # vanilla (BCE) | lsgan
-    gan_start: float = 0.0  # fraction of the steps before the adversarial loss switches on
-    disc_lr: float = 2e-4
-    disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    missing_weight: float = 1.0  # PSNR-loss weight on masked contrasts (release: 20)
-    available_weight: float = 0.0  # on available ones, joint decoder only (release: 5)
+    gan_weight: NonNegativeFloat = 1.0  # lambda; 0 switches the discriminator off
+    gan_loss: Literal["vanilla", "lsgan"] = "vanilla"  # vanilla: BCE
+    gan_start: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of the steps before the adversarial loss switches on
+    disc_lr: PositiveFloat = 2e-4
+    disc_betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.5, 0.999]
+    missing_weight: NonNegativeFloat = 1.0  # PSNR-loss weight on masked contrasts (release: 20)
+    available_weight: NonNegativeFloat = 0.0  # on available ones, joint decoder only (release: 5)
     per_batch_mask: bool = False  # release: one scenario per batch instead of per sample
-    augment: list[str] = field(default_factory=list)  # flip, rot90, affine, elastic (data/augment.py), p = 1/2 each
+    augment: list[Literal[AUGMENT_KINDS]] = []  # data/augment.py, p = 1/2 each
     # Stage II only
-    code_missing_weight: float = 1.0  # code-loss weight of a missing contrast's code map against a given one's
+    code_missing_weight: NonNegativeFloat = 1.0  # code-loss weight of a missing contrast's code map against a given one's
     # bookkeeping
-    keep: str = "best"  # best: the checkpoint holds the weights with the best validation one-missing PSNR | last
-    checkpoint_every: int = 500
-    validate_every: int = 500
-    log_every: int = 20
-    val_batch_size: int = 64
-    num_workers: int = 0
+    keep: Literal["best", "last"] = "best"  # best: the weights with the best validation one-missing PSNR
+    checkpoint_every: PositiveInt = 500
+    validate_every: PositiveInt = 500
+    log_every: PositiveInt = 20
+    val_batch_size: PositiveInt = 64
+    num_workers: NonNegativeInt = 0
     seed: int = 0
-
-    def __post_init__(self):
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer {self.optimizer!r} is not adam or adamw")
-        check_kinds(self.augment)
-        if self.keep not in ("best", "last"):
-            raise ValueError(f"keep {self.keep!r} is not best or last")
-        if self.gan_loss not in ("vanilla", "lsgan"):
-            raise ValueError(f"gan_loss {self.gan_loss!r} is not vanilla or lsgan")
 
 
 PROTOCOLS = {
@@ -76,75 +71,86 @@ PROTOCOLS = {
 }
 
 
-def dataclass_from(cls, section: dict, where: str):
-    unknown = set(section) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    return cls(**section)
+def with_protocol(section: dict, contrasts: list[str]) -> dict:
+    """A CodeBrain experiment's section over its protocol's defaults (the section's own keys win), with the
+    dataset's contrasts; an unknown protocol is left for validation to name, a section that is not a mapping too."""
+    if not isinstance(section, dict):
+        return section
+    section = {**section}
+    protocol = section.get("protocol", "paper")
+    for part, defaults in PROTOCOLS.get(protocol, PROTOCOLS["paper"]).items():
+        section[part] = {**copy.deepcopy(defaults), **(section.get(part) or {})}
+    section["model"]["contrasts"] = list(contrasts)
+    return section
 
 
-@dataclass
-class Experiment:
-    protocol: str
+class Experiment(BaseModel):
+    """A CodeBrain experiment: {protocol, model, stage1, stage2}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["codebrain"] = "codebrain"
+    protocol: Literal[tuple(PROTOCOLS)] = "paper"
     model: ModelConfig
     stage1: TrainConfig
     stage2: TrainConfig
 
     @classmethod
     def from_dict(cls, section: dict, contrasts: list[str]) -> "Experiment":
-        """{protocol, model, stage1, stage2} over the protocol's defaults; contrasts from the dataset."""
-        unknown = set(section) - {"protocol", "model", "stage1", "stage2"}
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)} (protocol, model, stage1, stage2)")
-        protocol = section.get("protocol", "paper")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol {protocol!r} is not one of {sorted(PROTOCOLS)}")
-        merged = copy.deepcopy(PROTOCOLS[protocol])
-        for part in ("model", "stage1", "stage2"):
-            merged[part].update(section.get(part) or {})
-        merged["model"]["contrasts"] = list(contrasts)
-        return cls(protocol, dataclass_from(ModelConfig, merged["model"], "model"),
-                   dataclass_from(TrainConfig, merged["stage1"], "stage1"),
-                   dataclass_from(TrainConfig, merged["stage2"], "stage2"))
+        return cls.model_validate(with_protocol(section, contrasts))
+
+    @model_validator(mode="after")
+    def one_code_map_per_contrast(self) -> "Experiment":
+        if self.model.joint_code and self.stage2.code_missing_weight != 1:
+            raise ValueError("stage2.code_missing_weight: needs a code map per contrast (model.joint_code is on)")
+        return self
 
     def to_dict(self) -> dict:
-        return {"protocol": self.protocol, "model": asdict(self.model), "stage1": asdict(self.stage1),
-                "stage2": asdict(self.stage2)}
+        return self.model_dump(exclude={"method"})
 
 
-@dataclass
-class DirectExperiment:
+class DirectExperiment(BaseModel):
     """The direct-regressor baseline, {method: direct, model, train}: model uses only the backbone keys
     (width, enc_blocks, middle_blocks, dec_blocks); CodeBrain's budget is stage1.steps + stage2.steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["direct"] = "direct"
     model: ModelConfig
-    train: TrainConfig
-    protocol: str = "direct"
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def protocol(self) -> str:
+        return "direct"
 
     @classmethod
     def from_dict(cls, section: dict, contrasts: list[str]) -> "DirectExperiment":
-        unknown = set(section) - {"method", "model", "train"}
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)} for method direct (model, train)")
-        model = {**(section.get("model") or {}), "contrasts": list(contrasts)}
-        return cls(dataclass_from(ModelConfig, model, "model"),
-                   dataclass_from(TrainConfig, section.get("train") or {}, "train"))
+        return cls.model_validate(with_defaults({"method": "direct", **section}, contrasts))
 
     def to_dict(self) -> dict:
-        return {"method": "direct", "model": asdict(self.model), "train": asdict(self.train)}
+        return self.model_dump()
+
+
+def experiment_kind(section) -> str:
+    """An experiment section's `method` (CodeBrain when it names none): the tag that picks its model."""
+    return section.get("method", "codebrain") if isinstance(section, dict) else getattr(section, "method", None)
+
+
+AnyExperiment = Annotated[Union[Annotated[Experiment, Tag("codebrain")], Annotated[DirectExperiment, Tag("direct")]],
+                          Discriminator(experiment_kind)]
+
+
+def with_defaults(section: dict, contrasts: list[str]) -> dict:
+    """What validates an experiment section: a CodeBrain one over its protocol's defaults, either with the dataset's
+    contrasts."""
+    if experiment_kind(section) != "direct":
+        return with_protocol(section, contrasts)
+    return {**section, "model": {**(section.get("model") or {}), "contrasts": list(contrasts)}}
 
 
 def parse_experiment(section: dict, contrasts: list[str]) -> Experiment | DirectExperiment:
     """An experiment's config section: CodeBrain (the default method) or the direct regressor."""
-    method = section.get("method", "codebrain")
-    if method == "direct":
-        return DirectExperiment.from_dict(section, contrasts)
-    if method != "codebrain":
-        raise ValueError(f"method {method!r} is not codebrain or direct")
-    return Experiment.from_dict({k: v for k, v in section.items() if k != "method"}, contrasts)
-
-
-def config_hash(section: dict) -> str:
-    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:12]
+    return TypeAdapter(AnyExperiment).validate_python(with_defaults(section, contrasts))
 
 
 def flatten(section: dict, prefix: str = "") -> dict:
@@ -170,14 +176,7 @@ def stage_section(section: dict, stage: str) -> dict:
     return {"protocol": section.get("protocol", "paper"), "model": model, stage: section.get(stage) or {}}
 
 
-def split_experiments(experiments: dict, contrasts: list[str]) -> tuple[list[str], list[str]]:
-    """(CodeBrain experiment names, direct-regressor names); every section is parsed, so a bad key fails at
-    start-up with the experiment's name, not hours into a job."""
-    codebrain, direct = [], []
-    for name, section in experiments.items():
-        try:
-            experiment = parse_experiment(section, contrasts)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"config experiments.{name}: {err}") from None
-        (direct if isinstance(experiment, DirectExperiment) else codebrain).append(name)
-    return sorted(codebrain), direct
+def split_experiments(experiments: dict) -> tuple[list[str], list[str]]:
+    """(CodeBrain experiment names, direct-regressor names) of a validated config's experiments."""
+    direct = [name for name, section in experiments.items() if experiment_kind(section) == "direct"]
+    return sorted(set(experiments) - set(direct)), direct

@@ -32,7 +32,8 @@ from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
 from codebrain.io import InputError
 from codebrain.registry import RANKED_BY
 from codebrain.tracking.tracker import Tracker
-from codebrain.training.config import TrainConfig, config_hash, flatten
+from codebrain.provenance import config_hash
+from codebrain.training.config import TrainConfig, flatten
 from codebrain.training.resume import Progress, ResumeState
 
 VALIDATION_NAMES = {"stage2": "imputation", "stage1": "reconstruction", "direct": "direct regressor",

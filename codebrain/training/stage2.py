@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from codebrain.checkpoints import config_mismatch, load_stage1
+from codebrain.checkpoints import config_mismatch
+from codebrain.rebuild import load_stage1
 from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.io import InputError
 from codebrain.models.config import PRIOR_FIELDS, STAGE1_FIELDS, ModelConfig
@@ -35,8 +36,6 @@ class StageTwo:
 
     def __init__(self, experiment: Experiment, accelerator, stage1, model_config: ModelConfig):
         self.cfg, self.model_config, self.accelerator = experiment.stage2, model_config, accelerator
-        if model_config.joint_code and self.cfg.code_missing_weight != 1:
-            raise InputError("stage2.code_missing_weight needs a code map per contrast (model.joint_code is on)")
         set_seed(self.cfg.seed)
         prior = CodePrior(model_config)
         if prior.decoder is not None:  # fine-tuned from Stage I's D_a

@@ -1,5 +1,4 @@
 # Helpers for the workflow steps: subject discovery, per-subject inputs, parameters.
-import hashlib
 import json
 import os
 import re
@@ -9,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from codebrain.data import layouts
+from codebrain.sources import code_hash
 from codebrain.tracking.runs import close_invocation, tracking_uri
 from codebrain.training.config import split_experiments
-from codebrain.workflow import (ACCELERATE_CONFIGS, check_config, experiment_json, found_raw_subjects, launch_args,
-                                msd_sources, phantom_subjects, raw_subjects, start_invocation)
+from codebrain.workflow import (ACCELERATE_CONFIGS, experiment_json, found_raw_subjects, launch_args, msd_sources,
+                                phantom_subjects, raw_subjects, start_invocation)
 
-check_config(config)
 # Real data: dataset.root must hold the subjects, or download.urls fetch them first (the `download_raw` checkpoint);
 # a missing or empty root with nothing to download stops here, in one line, before any job.
 FOUND_AT_START = None if "phantom" in config else found_raw_subjects(config, bool(config["download"]["urls"]))
@@ -34,12 +33,10 @@ os.environ[ACCELERATE_CONFIGS] = str(Path(workflow.basedir) / "config" / "accele
 LAUNCH_ARGS = launch_args(config)
 
 
-def source_hash(*modules):
-    """Hash of the package sources behind a step (Snakemake's code trigger sees only shell text)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update((PACKAGE / module).read_bytes())
-    return digest.hexdigest()[:16]
+def command_code(command):
+    """A step's rerun trigger: the hash of the package code `codebrain <command>` runs (codebrain/sources.py;
+    Snakemake's own code trigger sees only the shell text)."""
+    return code_hash(command, PACKAGE)
 
 
 @cache
@@ -123,14 +120,11 @@ def get_store_subjects():
 
 
 def get_download_marker():
-    return str(Path(config["download"].get("dest", Path(OUT, "downloads")), ".complete"))
+    return str(Path(config["download"]["dest"] or Path(OUT, "downloads"), ".complete"))
 
 
 EXPERIMENTS = config["experiments"]
-TRAINING_SOURCES = [f"{folder}/{p.name}" for folder in ("models", "training", "tracking")
-                    for p in sorted((PACKAGE / folder).glob("*.py"))]
-TRAINING_SOURCES += ["evaluation/scenarios.py", "data/dataset.py", "provenance.py", "checkpoints.py", "io.py"]
-CODEBRAIN_EXPERIMENTS, DIRECT_EXPERIMENTS = split_experiments(EXPERIMENTS, CONTRASTS)
+CODEBRAIN_EXPERIMENTS, DIRECT_EXPERIMENTS = split_experiments(EXPERIMENTS)
 
 
 def with_gpus(command):

@@ -8,12 +8,10 @@ if "phantom" in config:
             **phantom_outputs(),
         params:
             tracking=get_tracking_args,
-            flavour=config["phantom"]["flavour"],
+            config=json.dumps({k: v for k, v in config["phantom"].items() if k != "n_subjects"}, sort_keys=True),
             index=lambda wildcards: phantom_subjects(config)[wildcards.subject],
-            downsample=config["phantom"]["downsample"],
-            seed=config["phantom"]["seed"],
             root=lambda wildcards, output: Path(output[0]).parent.parent,
-            code=source_hash("data/phantom.py", "data/layouts.py", "data/nifti.py"),
+            code=command_code("phantom"),
         log:
             f"{OUT}/logs/make_phantom_subject/{{subject}}.log",
         benchmark:
@@ -25,8 +23,8 @@ if "phantom" in config:
         conda:
             "../../envs/codebrain.yaml"
         shell:
-            "codebrain phantom --root {params.root} --flavour {params.flavour} --index {params.index}"
-            " --downsample {params.downsample} --seed {params.seed} {params.tracking} > {log} 2>&1"
+            "codebrain phantom --root {params.root} --config '{params.config}' --index {params.index}"
+            " {params.tracking} > {log} 2>&1"
 
 
 if MSD:
@@ -41,7 +39,7 @@ if MSD:
             labels=lambda wildcards, input: f"--labels {input.seg}" if DATASET["labels"] else "",
             contrasts=" ".join(CONTRASTS),
             out_root=f"{OUT}/raw",
-            code=source_hash("data/msd.py", "data/layouts.py", "data/nifti.py"),
+            code=command_code("split-msd"),
         log:
             f"{OUT}/logs/split_msd_subject/{{subject}}.log",
         benchmark:
@@ -69,7 +67,7 @@ rule check_raw:
         contrasts=" ".join(CONTRASTS),
         on_missing=DATASET["on_missing_contrast"],
         labels="--labels" if DATASET["labels"] else "",
-        code=source_hash("data/manifest.py", "data/layouts.py", "data/nifti.py"),
+        code=command_code("check-raw"),
     log:
         f"{OUT}/logs/check_raw.log",
     benchmark:
@@ -119,7 +117,7 @@ rule register_subject:
         method=config["registration"]["method"],
         seed=config["registration"]["seed"],
         out_dir=lambda wildcards, output: Path(output.qc).parent,
-        code=source_hash("data/registration.py", "data/nifti.py"),
+        code=command_code("register"),
     log:
         f"{OUT}/logs/register_subject/{{subject}}.log",
     benchmark:
@@ -146,7 +144,7 @@ rule extract_slices:
         contrasts=" ".join(CONTRASTS),
         slices=json.dumps(config["slices"], sort_keys=True),
         z_range=get_z_range,
-        code=source_hash("data/slices.py", "data/nifti.py"),
+        code=command_code("extract-slices"),
     log:
         f"{OUT}/logs/extract_slices/{{subject}}.log",
     benchmark:
@@ -180,7 +178,7 @@ rule build_slice_store:
         seed=config["splits"]["seed"],
         slices=json.dumps(config["slices"], sort_keys=True),
         out_dir=lambda wildcards, output: Path(output.store).parent,
-        code=source_hash("data/store.py", "data/slices.py"),
+        code=command_code("build-store"),
     log:
         f"{OUT}/logs/build_slice_store.log",
     benchmark:

@@ -23,8 +23,7 @@ rule evaluate_model:
         if wildcards.experiment in CODEBRAIN_EXPERIMENTS
         else 0,
         tracking=get_tracking_args,
-        code=source_hash("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/scenarios.py",
-                         "evaluation/uncertainty.py", "checkpoints.py"),
+        code=command_code("evaluate"),
     log:
         f"{OUT}/logs/evaluate_model/{{experiment}}.log",
     benchmark:
@@ -61,7 +60,7 @@ rule impute_test_subjects:
         split=config["evaluation"]["split"],
         uncertainty=config["evaluation"]["uncertainty_samples"],
         tracking=get_tracking_args,
-        code=source_hash("evaluation/impute.py", "evaluation/volumes.py", "evaluation/uncertainty.py", "checkpoints.py"),
+        code=command_code("impute-split"),
     log:
         f"{OUT}/logs/impute_test_subjects/{{experiment}}.log",
     benchmark:
@@ -95,7 +94,7 @@ rule compare_experiments:
             f"--summary {name}={path}" for name, path in zip(sorted(EXPERIMENTS), input.summaries)
         ),
         benchmarks=" ".join(f"--benchmarks {method}={','.join(files)}" for method, files in method_benchmarks().items()),
-        code=source_hash("evaluation/compare.py", "evaluation/evaluate.py"),
+        code=command_code("compare"),
     log:
         f"{OUT}/logs/compare_experiments.log",
     benchmark:

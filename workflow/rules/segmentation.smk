@@ -12,7 +12,7 @@ rule train_segmenter:
         store=lambda wildcards, input: Path(input.store).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash("evaluation/segmentation.py", "models/segmenter.py", "checkpoints.py"),
+        code=command_code("train-segmenter"),
     log:
         f"{OUT}/logs/train_segmenter.log",
     benchmark:
@@ -47,7 +47,7 @@ rule evaluate_segmentation:
         contrasts=" ".join(CONTRASTS),
         split=config["evaluation"]["split"],
         tracking=get_tracking_args,
-        code=source_hash("evaluation/segmentation.py", "evaluation/scenarios.py", "checkpoints.py"),
+        code=command_code("evaluate-segmentation"),
     log:
         f"{OUT}/logs/evaluate_segmentation.log",
     benchmark:

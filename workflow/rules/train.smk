@@ -16,7 +16,7 @@ rule train_stage1:
         store=lambda wildcards, input: Path(input.store).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash(*TRAINING_SOURCES),
+        code=command_code("train-stage1"),
     log:
         f"{OUT}/logs/train_stage1/{{experiment}}.log",
     benchmark:
@@ -50,7 +50,7 @@ rule cache_codes:
         out_dir=lambda wildcards, output: Path(output.usage).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash(*TRAINING_SOURCES),
+        code=command_code("cache-codes"),
     log:
         f"{OUT}/logs/cache_codes/{{experiment}}.log",
     benchmark:
@@ -86,7 +86,7 @@ rule train_stage2:
         codes=lambda wildcards, input: Path(input.codes).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash(*TRAINING_SOURCES),
+        code=command_code("train-stage2"),
     log:
         f"{OUT}/logs/train_stage2/{{experiment}}.log",
     benchmark:
@@ -120,7 +120,7 @@ rule train_direct:
         store=lambda wildcards, input: Path(input.store).parent,
         contrasts=" ".join(CONTRASTS),
         tracking=get_tracking_args,
-        code=source_hash(*TRAINING_SOURCES),
+        code=command_code("train-direct"),
     log:
         f"{OUT}/logs/train_direct/{{experiment}}.log",
     benchmark:
