@@ -28,8 +28,7 @@ def walk(root: Any, loc: tuple) -> tuple[list, Any]:
     """(the path as written, the type at its end) of a pydantic error location under the model `root`."""
     path, current = [], root
     for key in loc:
-        if get_origin(current) is Annotated and get_origin(unwrap(get_args(current)[0])) is None \
-                and get_origin(get_args(current)[0]) in (Union, UnionType):  # a tagged union: the key is the tag
+        if get_origin(current) is Annotated and get_origin(get_args(current)[0]) in (Union, UnionType):  # the tag
             current = unwrap(current, key)
             continue
         path.append(key)
