@@ -206,7 +206,7 @@ def test_paper_config_has_the_papers_size():
 @pytest.mark.parametrize("contrasts", [["T1", "T2", "PD"], ["T1", "T1Gd", "T2", "FLAIR"]])
 @pytest.mark.parametrize("variant", [{}, {"common_features": False}, {"quantiser": "vq", "codebook_size": 16},
                                      {"quantiser": "continuous"}, {"prior_loss": "ce"},
-                                     {"joint_code": True, "decoder": "wide", "decoder_width": 16,
+                                     {"joint_code": True, "decoder": "release", "decoder_width": 16,
                                       "decoder_blocks": 1, "levels": [8, 5, 5]}])
 def test_forward_for_every_scenario_and_anchor(contrasts, variant):
     cfg = ModelConfig(contrasts=contrasts, **{**TINY, **variant})
@@ -255,7 +255,7 @@ def test_vq_and_continuous_codes_map_back_to_their_latents():
 def test_metrics_match_scikit_image():
     from skimage.metrics import structural_similarity
 
-    from codebrain.evaluation.metrics import slice_metrics
+    from codebrain.evaluation.metrics import slice_metrics, ssim_map
 
     rng = np.random.default_rng(1)
     target = rng.random((3, 24, 20)).astype(np.float32)
@@ -265,12 +265,37 @@ def test_metrics_match_scikit_image():
     for i in range(3):
         assert ours["psnr"][i].item() == pytest.approx(
             peak_signal_noise_ratio(target[i], clamped[i], data_range=1.0), abs=1e-3)
-        assert ours["ssim"][i].item() == pytest.approx(
-            100 * structural_similarity(target[i], clamped[i], data_range=1.0), abs=1e-3)
+        # inside the border, the paper's SSIM is scikit-image's Gaussian one (11 x 11, sigma 1.5, population
+        # covariance), which averages the interior only
+        interior = ssim_map(torch.from_numpy(prediction[i:i + 1]), torch.from_numpy(target[i:i + 1]))[0, 5:-5, 5:-5]
+        assert 100 * interior.mean().item() == pytest.approx(100 * structural_similarity(
+            target[i], clamped[i], data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False),
+            abs=1e-3)
         assert ours["mae"][i].item() == pytest.approx(1000 * np.abs(clamped[i] - target[i]).mean(), abs=1e-3)
         # scored after clamping to [0, 1], as every output is: the unclamped prediction scores otherwise
         assert ours["psnr"][i].item() != pytest.approx(
             peak_signal_noise_ratio(target[i], prediction[i], data_range=1.0), abs=1e-2)
+
+
+def test_ssim_matches_torchmetrics():
+    """The release's evaluation (utils/metrics_set.py) calls torchmetrics' SSIM with its defaults: the mean over the
+    whole reflect-padded map, which differs from scikit-image's mean over the interior in the last digits."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    from skimage.metrics import structural_similarity
+
+    from codebrain.evaluation.metrics import ssim
+
+    rng = np.random.default_rng(2)
+    smooth = torch.from_numpy(rng.random((2, 1, 8, 7)).astype(np.float32))
+    target = torch.nn.functional.interpolate(smooth, size=(40, 36), mode="bilinear")[:, 0]  # structure, not noise
+    prediction = (target + 0.05 * torch.from_numpy(rng.normal(size=target.shape).astype(np.float32))).clamp(0, 1)
+    for i in range(2):
+        ours = 100 * ssim(prediction[i][None], target[i][None]).item()
+        reference = structural_similarity_index_measure(prediction[i][None, None], target[i][None, None],
+                                                        data_range=1.0)
+        assert ours == pytest.approx(100 * reference.item(), abs=1e-3)
+        default_window = 100 * structural_similarity(target[i].numpy(), prediction[i].numpy(), data_range=1.0)
+        assert abs(ours - default_window) > 0.5  # not scikit-image's default (7 x 7 uniform, sample covariance)
 
 
 @pytest.mark.parametrize("config_file", ["config/config.yaml", "config/phantom-ixi.yaml", "config/ixi.yaml",

@@ -217,6 +217,31 @@ def test_augmentation_moves_every_contrast_alike_and_is_repeatable(tmp_path):
         SliceDataset(tmp_path / "store", "train", augment=["mixup"])
 
 
+def test_augmentation_applies_the_kinds_in_their_order_and_kornias_elastic_field():
+    """The release's order (elastic, flip, vflip, rot90, affine) is the list's: vflip then rot90 is not rot90 then
+    vflip. The elastic displacement is kornia's RandomElasticTransform at the release's kernel 63, sigma 32,
+    alpha 1 on 256 px: uniform noise in [-1, 1], a reflect-padded 63 x 63 Gaussian blur, in the normalised grid."""
+    from codebrain.data import augment as aug
+
+    plane = np.arange(36.0).reshape(6, 6)
+    stack = np.stack([plane, plane])
+    one, other = ([aug.augment(stack, np.random.default_rng(seed), kinds) for seed in range(40)]
+                  for kinds in (["vflip", "rot90"], ["rot90", "vflip"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(one, other))
+
+    size = 256
+    field = aug.elastic_field(np.random.default_rng(5), size)
+    noise = torch.from_numpy(np.random.default_rng(5).uniform(-1, 1, (2, size, size)))[:, None]
+    x = torch.arange(63, dtype=torch.float64) - 31
+    kernel = torch.exp(-x ** 2 / (2 * 32.0 ** 2))
+    kernel = kernel / kernel.sum()
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(noise, (31, 31, 0, 0), mode="reflect"),
+                                         kernel.view(1, 1, 1, 63))
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(blurred, (0, 0, 31, 31), mode="reflect"),
+                                         kernel.view(1, 1, 63, 1))
+    np.testing.assert_allclose(field, blurred[:, 0].numpy() * 1.0 * (size - 1) / 2, rtol=1e-6, atol=1e-9)
+
+
 def test_augmented_dataset_items_are_deterministic_and_refuse_cached_codes(tmp_path):
     make_store(tmp_path)
     plain = SliceDataset(tmp_path / "store", "train", seed=3)

@@ -311,18 +311,24 @@ def first_logged_step(uri, run_record, metric):
 
 
 def check_release(stage1, prior, codes, experiment, tmp_path):
-    """One joint code of all contrasts at 8,8,8,5,5,5 levels; the wide decoder gives every contrast at once; the
-    PSNR loss weights 5 (given) / 20 (missing); an LSGAN from 20 % of the steps."""
-    from codebrain.models.reconstructor import WideDecoder
+    """One joint code of all contrasts at 8,8,8,5,5,5 levels; the release decoder gives every contrast at once; the
+    pooled PSNR loss weights 5 (given) / 20 (missing); no clipping, fp32; D trains from the first step, its
+    generator term (an LSGAN) from 20 % of the steps. Against the authors' code: tests/test_release.py."""
+    from codebrain.models.reconstructor import ReleaseDecoder
 
     assert (codes.dtype, codes.shape) == (np.uint8, (16, 1, 6, 4, 4)) and stage1.cfg.levels == [8, 8, 8, 5, 5, 5]
-    assert isinstance(stage1.decoder, WideDecoder)
+    assert isinstance(stage1.decoder, ReleaseDecoder)
     image = torch.rand(2, 3, 16, 16)
     latent = stage1.quantiser.codes_to_latent(stage1.encode(image)[:, 0])
     assert stage1.decoder(latent, stage1.common_features(image)).shape == (2, 3, 16, 16)
     stage = experiment["stage1"]
-    assert (stage["available_weight"], stage["missing_weight"], stage["gan_loss"]) == (5.0, 20.0, "lsgan")
-    return int(stage["gan_start"] * stage["steps"])
+    assert (stage["psnr_loss"], stage["available_weight"], stage["missing_weight"], stage["gan_loss"]) == \
+        ("pooled", 5.0, 20.0, "lsgan")
+    assert (stage["grad_clip"], stage["precision"], stage["disc_from_start"]) == (0.0, "fp32", True)
+    uri, record = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "stage1.pt.run.json"
+    generator_term_from = first_logged_step(uri, record, "train/adversarial_loss")
+    assert generator_term_from - first_logged_step(uri, record, "train/psnr_loss") == int(stage["gan_start"] * stage["steps"])
+    return 0  # D's first logged step: the first
 
 
 def check_vq(stage1, prior, codes, experiment, tmp_path):
@@ -372,7 +378,7 @@ def check_augmented(stage1, prior, codes, experiment, tmp_path):
 
 VARIANTS = {
     "release": ({"protocol": "release", "model": {"decoder_width": 16, "decoder_blocks": 1, "common_width": 4,
-                                                   "prior_width": 4, "levels": [8, 8, 8, 5, 5, 5]}}, check_release),
+                                                   "levels": [8, 8, 8, 5, 5, 5]}}, check_release),
     "vq": ({"model": {"quantiser": "vq", "codebook_size": 300}}, check_vq),
     "ce": ({"model": {"prior_loss": "ce"}}, check_ce),
     "continuous": ({"model": {"quantiser": "continuous", "common_features": False}}, check_continuous),

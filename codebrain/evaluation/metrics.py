@@ -1,9 +1,12 @@
 """Per-slice image metrics as the paper computes them: PSNR (data range 1), SSIM x 100, MAE x 1000.
 
-Batched torch versions (they run on the training device); SSIM follows scikit-image's
-structural_similarity defaults (7 x 7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance,
-mean over the window positions that fit inside the image), and the tests check all three
-against scikit-image. With a brain mask, the mean runs over the mask only.
+Batched torch versions (they run on the training device). SSIM is the one behind the paper's and the
+authors' release's tables: torchmetrics' structural_similarity_index_measure with its defaults (>= 1.5), i.e. an
+11 x 11 Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03, population covariance, the image reflect-padded by 5
+so that the SSIM map covers every pixel, and the mean over the whole map. Inside the border it is scikit-image's
+structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False), which averages the interior
+only; neither is scikit-image's default 7 x 7 uniform window. The tests check all three numbers against
+scikit-image and SSIM against torchmetrics. With a brain mask, the mean runs over the mask only.
 """
 
 from __future__ import annotations
@@ -30,26 +33,36 @@ def mae(prediction, target, mask=None, data_range: float = 1.0) -> torch.Tensor:
     return _masked_mean((prediction.float().clamp(0, data_range) - target.float()).abs(), mask)
 
 
-def ssim(prediction, target, mask=None, data_range: float = 1.0, win_size: int = 7) -> torch.Tensor:
-    """B x H x W -> B, scikit-image's SSIM with its defaults."""
-    x = prediction.float().clamp(0, data_range)[:, None]
-    y = target.float()[:, None]
-    window = torch.full((1, 1, win_size, win_size), 1.0 / win_size ** 2, device=x.device)
+def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    """1 x 1 x k x k normalised Gaussian, k = 2 * int(truncate * sigma + 0.5) + 1 (11 for sigma 1.5)."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim_map(prediction, target, data_range: float = 1.0, sigma: float = 1.5) -> torch.Tensor:
+    """B x H x W -> B x H x W local SSIM (module docstring); the prediction is clamped to [0, data_range]."""
+    window = gaussian_window(sigma).to(target.device)
+    pad = (window.shape[-1] - 1) // 2
+    x = F.pad(prediction.float().clamp(0, data_range)[:, None], (pad,) * 4, mode="reflect")
+    y = F.pad(target.float()[:, None], (pad,) * 4, mode="reflect")
 
     def local_mean(t):
-        return F.conv2d(t, window)  # 'valid': only window positions inside the image
+        return F.conv2d(t, window)  # B x 1 x H x W: the padding gives every pixel its window
 
-    n = win_size ** 2
-    cov_norm = n / (n - 1)
     ux, uy = local_mean(x), local_mean(y)
-    vx = cov_norm * (local_mean(x * x) - ux * ux)
-    vy = cov_norm * (local_mean(y * y) - uy * uy)
-    vxy = cov_norm * (local_mean(x * y) - ux * uy)
+    vx = (local_mean(x * x) - ux * ux).clamp_min(0)
+    vy = (local_mean(y * y) - uy * uy).clamp_min(0)
+    vxy = local_mean(x * y) - ux * uy
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    pad = (win_size - 1) // 2
-    cropped_mask = None if mask is None else mask[:, pad: mask.shape[1] - pad, pad: mask.shape[2] - pad]
-    return _masked_mean(s[:, 0], cropped_mask)
+    return (((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2)))[:, 0]
+
+
+def ssim(prediction, target, mask=None, data_range: float = 1.0) -> torch.Tensor:
+    """B x H x W -> B: the SSIM map's mean over the image or the mask."""
+    return _masked_mean(ssim_map(prediction, target, data_range), mask)
 
 
 def slice_metrics(prediction, target, mask=None) -> dict[str, torch.Tensor]:

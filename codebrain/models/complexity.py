@@ -17,7 +17,8 @@ from codebrain.models.reconstructor import Reconstructor
 
 
 def complexity(cfg: ModelConfig, size: int = 256) -> dict[str, tuple[int, int]]:
-    """{network: (parameters, MACs for one slice)} for E_posterior, E_s, D_a, E_prior and their total."""
+    """{network: (parameters, MACs for one slice)} for E_posterior, E_s, D_a, E_prior, Stage I (the first three),
+    Stage II (E_prior) and their total."""
     with torch.device("meta"):
         stage1, prior = Reconstructor(cfg), CodePrior(cfg)
         n = len(cfg.contrasts)
@@ -39,7 +40,11 @@ def complexity(cfg: ModelConfig, size: int = 256) -> dict[str, tuple[int, int]]:
         }
     table = {name: (sum(p.numel() for p in module.parameters()) if module is not None else 0, mac)
              for name, (module, mac) in parts.items()}
-    table["total"] = (sum(p for p, _ in table.values()), sum(m for _, m in table.values()))
+    def summed(names):
+        return sum(table[n][0] for n in names), sum(table[n][1] for n in names)
+
+    table["Stage I"], table["Stage II"] = summed(["E_posterior", "E_s", "D_a"]), table["E_prior"]
+    table["total"] = summed(["Stage I", "Stage II"])
     return table
 
 

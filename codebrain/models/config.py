@@ -11,8 +11,8 @@ from codebrain import CONTRASTS
 Contrast = Literal[CONTRASTS]
 
 # The keys that shape E_prior alone: changing them retrains Stage II but not Stage I.
-PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss", "prior_availability",
-                "prior_decode", "finetune_decoder")
+PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss", "grading_mean",
+                "prior_availability", "prior_decode", "finetune_decoder")
 # The keys of Stage I that Stage II depends on (its code maps and contrasts): a Stage I that differs is refused.
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
@@ -32,10 +32,12 @@ class ModelConfig(BaseModel):
     common_width: NonNegativeInt = 0  # E_s width; 0 = width (the release uses 96)
     common_features: bool = True  # F_c on/off (the paper's ablation)
     joint_code: bool = False  # release: one code map from all N contrasts; D_a outputs all N
-    decoder: Literal["unet", "wide"] = "unet"  # unet: NAFNet with skips from E_s; wide (release): 1x1 fusion, blocks, PixelShuffle
-    decoder_skips: bool = True  # unet: E_s's skips into D_a; False: F_c enters at the bottleneck only (release)
-    decoder_width: PositiveInt = 1536
-    decoder_blocks: NonNegativeInt = 6
+    # unet: NAFNet with skips from E_s; release: 1x1 fusion to decoder_width, decoder_blocks there, then per level
+    # 1x1 + PixelShuffle(2) + dec_blocks NAFBlocks at E_s's widths, no skips
+    decoder: Literal["unet", "release"] = "unet"
+    decoder_skips: bool = True  # unet: E_s's skips into D_a; False: F_c enters at the bottleneck only
+    decoder_width: PositiveInt = 1536  # release decoder only
+    decoder_blocks: NonNegativeInt = 6  # release decoder only
     # the code: d dimensions with L levels each (or per-dimension levels, e.g. the release's 8,8,8,5,5,5)
     quantiser: Literal["fsq", "vq", "continuous"] = "fsq"  # models/quantisers.py QUANTISERS
     code_dim: PositiveInt = 9
@@ -47,13 +49,16 @@ class ModelConfig(BaseModel):
     prior_enc_blocks: list[NonNegativeInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
     prior_middle_blocks: NonNegativeInt = 1
     prior_loss: Literal["grading", "ce"] = "grading"  # vq always ce, continuous l1
+    # grading BCE: the mean over all bits | each dimension's mean first, then over dimensions (release)
+    grading_mean: Literal["bits", "dimensions"] = "bits"
     prior_availability: bool = False  # E_prior also sees the availability bits as constant planes (as the regressor)
     prior_decode: Literal["hard", "expected"] = "hard"  # what D_a decodes: the grading count (paper) | sum_j j P(level = j)
     finetune_decoder: bool = False  # Stage II keeps its own copy of D_a, trained to decode the predicted codes
-    # PatchGAN
+    # PatchGAN. pix2pix: D judges D_a's output alone, one logit per patch. release: D judges the composite
+    # rec x (1 - m) + image x m beside the full real stack, one logit per contrast and patch (target: m)
+    discriminator: Literal["pix2pix", "release"] = "pix2pix"
     disc_width: PositiveInt = 64
-    disc_layers: PositiveInt = 3
-    disc_conditional: bool = False  # release: D sees the masked input beside the image
+    disc_layers: PositiveInt = 3  # pix2pix: layers after the first (the last at stride 1); release: stride-2 layers
 
     @model_validator(mode="after")
     def per_dimension_levels(self) -> "ModelConfig":
@@ -65,6 +70,8 @@ class ModelConfig(BaseModel):
             raise ValueError("finetune_decoder: needs a code map per contrast (joint_code is on)")
         if len(self.dec_blocks) != len(self.enc_blocks):
             raise ValueError("dec_blocks: must have one entry per encoder level (enc_blocks)")
+        if self.discriminator == "release" and not self.joint_code:
+            raise ValueError("discriminator: release judges every contrast at once (needs joint_code)")
         if self.decoder == "unet" and self.common_features and self.common_width not in (0, self.width):
             raise ValueError("common_width: must equal width with the unet decoder (additive skips)")
         return self

@@ -47,7 +47,7 @@ class FSQ(nn.Module):
     @staticmethod
     def stage2_target(cfg):
         """Ordinal grading bits (the paper), or L_i classes per dimension (its "CLS" ablation)."""
-        return GradingTarget(cfg.levels) if cfg.prior_loss == "grading" else ClassTarget(cfg.levels)
+        return GradingTarget(cfg.levels, cfg.grading_mean) if cfg.prior_loss == "grading" else ClassTarget(cfg.levels)
 
     @property
     def dim(self) -> int:

@@ -50,16 +50,22 @@ def sample_levels(distribution: torch.Tensor, samples: int, generator: torch.Gen
 
 
 class GradingTarget:
-    """FSQ levels, ordinal BCE over sum(L_i - 1) bits."""
+    """FSQ levels, ordinal BCE over sum(L_i - 1) bits: the mean over all bits, or (mean: dimensions, the release)
+    each dimension's mean first, then the mean over dimensions (a 5-level dimension then weighs as much as an
+    8-level one)."""
 
-    def __init__(self, levels: list[int]):
-        self.levels = levels
+    def __init__(self, levels: list[int], mean: str = "bits"):
+        self.levels, self.mean = levels, mean
         self.channels = sum(n - 1 for n in levels)
 
     def loss(self, logits, codes):
-        """logits B x sum(L_i-1) x h x w, codes B x d x h x w -> B losses, each the mean over its bits."""
+        """logits B x sum(L_i-1) x h x w, codes B x d x h x w -> B losses."""
         bits = torch.cat([level_to_bits(codes[:, i], n) for i, n in enumerate(self.levels)], 1)
-        return F.binary_cross_entropy_with_logits(logits.float(), bits, reduction="none").flatten(1).mean(1)
+        per_bit = F.binary_cross_entropy_with_logits(logits.float(), bits, reduction="none")  # B x bits x h x w
+        if self.mean == "bits":
+            return per_bit.flatten(1).mean(1)
+        chunks = torch.split(per_bit, [n - 1 for n in self.levels], dim=1)
+        return torch.stack([chunk.flatten(1).mean(1) for chunk in chunks], 1).mean(1)
 
     def predict(self, logits):
         chunks = torch.split(logits, [n - 1 for n in self.levels], dim=1)

@@ -48,26 +48,34 @@ class UNetDecoder(nn.Module):
         return self.decoder(self.middle(self.fuse(x)), skips)
 
 
-class WideDecoder(nn.Module):
-    """D_a (release): 1x1 fusion to a wide bottleneck, NAFBlocks there, one PixelShuffle up, no skips."""
+class ReleaseDecoder(nn.Module):
+    """D_a (release): concat[code, F_c bottleneck] -> 1x1 to decoder_width -> NAFBlocks there -> per level 1x1 +
+    PixelShuffle(2) + NAFBlocks at E_s's level widths (96-wide E_s: 384, 192, 96) -> 3x3 conv; no skips."""
 
     def __init__(self, cfg: ModelConfig, common_channels: int, out_channels: int):
         super().__init__()
         self.fuse = nn.Conv2d(cfg.code_dim + common_channels, cfg.decoder_width, 1)
         self.middle = blocks(cfg.decoder_width, cfg.decoder_blocks)
-        self.up = nn.Sequential(nn.Conv2d(cfg.decoder_width, out_channels * cfg.downsampling ** 2, 1),
-                                nn.PixelShuffle(cfg.downsampling))
+        width, channels, levels = cfg.common_width or cfg.width, cfg.decoder_width, len(cfg.dec_blocks)
+        self.ups = nn.ModuleList()
+        for i, count in enumerate(cfg.dec_blocks):
+            out = width * 2 ** (levels - 1 - i)
+            self.ups.append(nn.Sequential(nn.Conv2d(channels, 4 * out, 1), nn.PixelShuffle(2), blocks(out, count)))
+            channels = out
+        self.ending = nn.Conv2d(width, out_channels, 3, padding=1)
 
     def forward(self, latent, common):
-        x = latent if common is None else torch.cat([latent, common[1]], 1)
-        return self.up(self.middle(self.fuse(x)))
+        x = self.middle(self.fuse(latent if common is None else torch.cat([latent, common[1]], 1)))
+        for up in self.ups:
+            x = up(x)  # channels / 2 (the first: decoder_width -> 4 x width), H and W x 2
+        return self.ending(x)
 
 
 def build_decoder(cfg: ModelConfig) -> nn.Module:
     """D_a for E_s's features (Stage I's, or the copy Stage II fine-tunes: model.finetune_decoder)."""
     common_width = cfg.common_width or cfg.width
     common_channels = common_width * cfg.downsampling if cfg.common_features else 0
-    decoder = WideDecoder if cfg.decoder == "wide" else UNetDecoder
+    decoder = ReleaseDecoder if cfg.decoder == "release" else UNetDecoder
     return decoder(cfg, common_channels, len(cfg.contrasts) if cfg.joint_code else 1)
 
 

@@ -30,14 +30,19 @@ class TrainConfig(BaseModel):
     warmup_steps: NonNegativeInt = 0
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.9, 0.999]
     weight_decay: NonNegativeFloat = 0.0
-    grad_clip: NonNegativeFloat = 1.0  # 0: no clipping
+    grad_clip: NonNegativeFloat = 1.0  # 0: no clipping (the release)
+    precision: Literal["bf16", "fp32"] = "bf16"  # on GPUs (the CPU always trains in fp32); the release: fp32
     activation_checkpointing: bool = False  # recompute NAFBlock activations in backward: memory for ~10 % time
     # Stage I only: adversarial term and reconstruction weights
     gan_weight: NonNegativeFloat = 1.0  # lambda; 0 switches the discriminator off
     gan_loss: Literal["vanilla", "lsgan"] = "vanilla"  # vanilla: BCE
     gan_start: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of the steps before the adversarial loss switches on
+    disc_from_start: bool = False  # release: D trains from step 0; only G's adversarial term waits for gan_start
     disc_lr: PositiveFloat = 2e-4
+    disc_lr_decay: bool = True  # D's rate follows G's cosine; release: constant
     disc_betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.5, 0.999]
+    psnr_loss: Literal["per_image", "pooled"] = "per_image"  # joint decoder: log per image, weights summed over
+    # contrasts | the release's: MSE pooled over the batch per contrast, weight x mean over available / missing
     missing_weight: NonNegativeFloat = 1.0  # PSNR-loss weight on masked contrasts (release: 20)
     available_weight: NonNegativeFloat = 0.0  # on available ones, joint decoder only (release: 5)
     per_batch_mask: bool = False  # release: one scenario per batch instead of per sample
@@ -59,13 +64,19 @@ PROTOCOLS = {
     # the paper where it is explicit, with what won on validation in issue 13's study (docs/results.md): D_a fine-tuned
     # on the predicted codes
     "tuned": {"model": {"finetune_decoder": True}, "stage1": {}, "stage2": {"gan_weight": 0.0}},
-    "release": {
-        "model": {"joint_code": True, "levels": [8, 8, 8, 5, 5, 5], "decoder": "wide", "decoder_width": 1536,
-                  "decoder_blocks": 6, "common_width": 96, "prior_width": 96, "disc_conditional": True},
-        "stage1": {"optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5, "betas": [0.9, 0.9], "missing_weight": 20.0,
-                   "available_weight": 5.0, "gan_loss": "lsgan", "gan_weight": 0.1, "gan_start": 0.2,
-                   "disc_lr": 5e-5, "disc_betas": [0.5, 0.9], "per_batch_mask": True, "augment": list(AUGMENT_KINDS)},
-        "stage2": {"optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5, "betas": [0.9, 0.9], "gan_weight": 0.0,
+    "release": {  # docs/design.md, "Protocols": the authors' code (train_rec.py, train_grad.py, lib/)
+        "model": {"joint_code": True, "levels": [8, 8, 8, 5, 5, 5], "width": 32, "enc_blocks": [1, 1, 1],
+                  "middle_blocks": 6, "dec_blocks": [1, 1, 1], "decoder": "release", "decoder_width": 1536,
+                  "decoder_blocks": 6, "common_width": 96, "prior_width": 96, "prior_enc_blocks": [1, 1, 1],
+                  "prior_middle_blocks": 6, "grading_mean": "dimensions", "discriminator": "release",
+                  "disc_layers": 4},
+        "stage1": {"steps": 300000, "batch_size": 8, "optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5,
+                   "betas": [0.9, 0.9], "grad_clip": 0.0, "precision": "fp32", "psnr_loss": "pooled",
+                   "missing_weight": 20.0, "available_weight": 5.0, "gan_loss": "lsgan", "gan_weight": 0.1,
+                   "gan_start": 0.2, "disc_from_start": True, "disc_lr": 5e-5, "disc_lr_decay": False,
+                   "disc_betas": [0.5, 0.9], "per_batch_mask": True, "augment": list(AUGMENT_KINDS)},
+        "stage2": {"steps": 300000, "batch_size": 16, "optimizer": "adamw", "lr": 5e-4, "lr_min": 5e-5,
+                   "betas": [0.9, 0.9], "grad_clip": 0.0, "precision": "fp32", "gan_weight": 0.0,
                    "per_batch_mask": True, "augment": list(AUGMENT_KINDS)},
     },
 }

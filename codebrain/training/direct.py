@@ -40,4 +40,4 @@ class DirectStage:
 
 
 def train(experiment: DirectExperiment, spec: RunSpec) -> dict:
-    return fit(DirectStage(experiment, make_accelerator()), spec, experiment.to_dict())
+    return fit(DirectStage(experiment, make_accelerator(experiment.train.precision)), spec, experiment.to_dict())

@@ -63,10 +63,10 @@ def progress_bar(accelerator, total: int, initial: int, desc: str) -> tqdm:
                 disable=not accelerator.is_main_process)
 
 
-def make_accelerator() -> Accelerator:
-    """bf16 autocast on GPUs, full precision on the CPU."""
+def make_accelerator(precision: str = "bf16") -> Accelerator:
+    """bf16 autocast on GPUs unless the stage asks for fp32; full precision on the CPU."""
     cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and precision == "bf16" else "no")
 
 
 class GlobalBatches:
@@ -124,10 +124,12 @@ def make_optimizer(parameters, cfg: TrainConfig, lr: float | None = None, betas=
 
 
 def optimise(accelerator, optimizer, loss: torch.Tensor, model, grad_clip: float) -> None:
-    """One optimiser step on `loss`: gradients through Accelerate (DDP, mixed precision), clipped to grad_clip."""
+    """One optimiser step on `loss`: gradients through Accelerate (DDP, mixed precision), clipped to grad_clip
+    (0: not clipped)."""
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
-    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
 
 

@@ -107,6 +107,6 @@ def train(experiment: Experiment, spec: RunSpec, stage1_checkpoint: Path, codes_
     for key in PRIOR_FIELDS:
         setattr(model_config, key, getattr(experiment.model, key))
     section = experiment.to_dict()
-    stage = StageTwo(experiment, make_accelerator(), stage1, model_config)
+    stage = StageTwo(experiment, make_accelerator(experiment.stage2.precision), stage1, model_config)
     return fit(stage, spec, section, resume_key={**section, "stage1": stage1_payload["metrics"]},
                codes_dir=codes_dir, stage1=stage1_payload)
