@@ -68,6 +68,7 @@ class Splits(Section):
     table: str | None = None  # TSV: subject, split, first_slice, last_slice
     fractions: Fractions = Fractions()
     seed: int = 0
+    pinned: dict[str, Literal["train", "val", "test"]] = {}  # subject -> split, kept as the cohort grows
 
 
 class Tracking(Section):

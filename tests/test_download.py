@@ -111,3 +111,21 @@ def test_missing_url_is_a_clear_error(server, tmp_path):
     url, _ = server
     with pytest.raises(InputError, match="nothing.tar: download failed with HTTP 404"):
         download(f"{url}/nothing.tar", tmp_path / "nothing.tar")
+
+
+def test_the_shipped_samples_checksums_are_the_files_it_names():
+    """config/brats-sample.yaml's download list: every one of the twenty cases' files, each URL's sha256 that of
+    the same file in ../shared/realdata/brats2018 (copies of that repository's folder)."""
+    import yaml
+
+    repo = Path(__file__).parents[1]
+    urls = yaml.safe_load((repo / "config" / "brats-sample.yaml").read_text())["download"]["urls"]
+    shared = repo.parent / "shared" / "realdata" / "brats2018"
+    files = sorted(p.relative_to(shared).as_posix() for p in shared.glob("Brats18_*/*.nii.gz"))
+    named = {}
+    for url in urls:
+        address, digest = url.split("#sha256=")
+        named[address.split("/sample_volume/brats/")[1]] = digest
+    assert sorted(named) == files and len(files) == 100
+    for path, digest in named.items():
+        assert hashlib.sha256((shared / path).read_bytes()).hexdigest() == digest, path

@@ -108,6 +108,27 @@ def test_splits_are_disjoint_and_deterministic(n):
         assert abs(counts["train"] / n - 0.7) < 0.05
 
 
+def test_pinned_subjects_keep_their_split_as_the_cohort_grows():
+    """config/brats-sample.yaml: the ten-case sample's val and test subjects, pinned, stay val and test in the
+    twenty-case cohort, which splits 16 / 2 / 2; pins of absent subjects change nothing."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "brats-sample.yaml").read_text())
+    splits = config["splits"]
+    twenty = sorted(p.name for p in (Path(__file__).parents[2] / "shared" / "realdata" / "brats2018").iterdir()
+                    if p.name.startswith("Brats18_"))
+    assert len(twenty) == 20
+    first_ten = [s for s in twenty if any(f"/{s}/" in url for url in config["download"]["urls"][:50])]
+    before = assign_splits(first_ten, {"train": 0.6, "val": 0.2, "test": 0.2}, splits["seed"])
+    assert splits["pinned"] == {s: split for s, split in before.items() if split != "train"}
+    after = assign_splits(twenty, splits["fractions"], splits["seed"], pinned=splits["pinned"])
+    assert all(after[s] == split for s, split in splits["pinned"].items())
+    assert sorted(after.values()) == ["test"] * 2 + ["train"] * 16 + ["val"] * 2
+    others = [f"sub-{i:03d}" for i in range(10)]
+    assert assign_splits(others, splits["fractions"], 3, pinned=splits["pinned"]) == \
+        assign_splits(others, splits["fractions"], 3)
+
+
 def test_split_table_is_followed():
     table = pd.read_csv(Path(__file__).parents[1] / "config" / "splits" / "ixi.tsv", sep="\t")
     subjects = list(table.subject[:50]) + ["IXI999-Unlisted-0000"]

@@ -110,7 +110,7 @@ def cmd_build_store(args):
     subject_files = {Path(f).name.removesuffix(".npz"): Path(f) for f in args.subject_slices}
     split_table = pd.read_csv(args.split_table, sep="\t") if args.split_table else None
     fractions = dict(zip(("train", "val", "test"), args.fractions))
-    assignment = assign_splits(sorted(subject_files), fractions, args.seed, split_table)
+    assignment = assign_splits(sorted(subject_files), fractions, args.seed, split_table, json.loads(args.pinned))
     with step_run(args, "build_slice_store", "build_slice_store") as tracker:
         summary = build_store(subject_files, assignment, args.contrasts, Path(args.out_dir),
                               slice_config(json.loads(args.config)))
@@ -189,6 +189,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", default="{}", help="the config's slices section as JSON (recorded in store.json)")
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pinned", default="{}", help="JSON {subject: split}: subjects that keep their split")
     p.add_argument("--out-dir", required=True)
     add_tracking_arguments(p)
     p.set_defaults(func=cmd_build_store)

@@ -19,20 +19,26 @@ SPLITS = ("train", "val", "test")
 
 
 def assign_splits(subjects: list[str], fractions: dict[str, float], seed: int,
-                  split_table: pd.DataFrame | None = None) -> dict[str, str]:
-    """subject -> split: from the authors' table when given, else a seeded shuffle by fractions."""
+                  split_table: pd.DataFrame | None = None, pinned: dict[str, str] | None = None) -> dict[str, str]:
+    """subject -> split: from the authors' table when given, else a seeded shuffle by fractions. `pinned` subjects
+    (those present) keep their split and count towards its share, so a cohort that grows keeps its test subjects;
+    without pins the shuffle is as before."""
     if split_table is not None:
         known = dict(zip(split_table["subject"], split_table["split"]))
         return {s: known[s] for s in subjects if s in known}
-    order = list(np.random.default_rng(seed).permutation(sorted(subjects)))
+    pinned = {s: split for s, split in (pinned or {}).items() if s in subjects}
+    order = list(np.random.default_rng(seed).permutation(sorted(set(subjects) - set(pinned))))
     total = sum(fractions.values())
     wanted = [s for s in SPLITS if fractions.get(s, 0.0) > 0]
-    if len(order) < len(wanted):
-        raise InputError(f"{len(order)} subjects are too few for splits {fractions}")
+    if len(subjects) < len(wanted):
+        raise InputError(f"{len(subjects)} subjects are too few for splits {fractions}")
     # every split asked for gets at least one subject; train takes the rest
-    counts = {s: max(1, int(round(len(order) * fractions[s] / total))) if s in wanted else 0 for s in SPLITS}
+    counts = {s: max(1, int(round(len(subjects) * fractions[s] / total))) if s in wanted else 0 for s in SPLITS}
+    for split in pinned.values():
+        counts[split] -= 1
+    counts["val"], counts["test"] = max(0, counts["val"]), max(0, counts["test"])
     counts["train"] = len(order) - counts["val"] - counts["test"]
-    assignment, start = {}, 0
+    assignment, start = dict(pinned), 0
     for name in SPLITS:
         for subject in order[start: start + counts[name]]:
             assignment[str(subject)] = name

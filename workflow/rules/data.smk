@@ -176,6 +176,7 @@ rule build_slice_store:
         split_table=f"--split-table {config['splits']['table']}" if config["splits"]["table"] else "",
         fractions=" ".join(str(config["splits"]["fractions"][s]) for s in SPLITS),
         seed=config["splits"]["seed"],
+        pinned=json.dumps(config["splits"]["pinned"], sort_keys=True),
         slices=json.dumps(config["slices"], sort_keys=True),
         out_dir=lambda wildcards, output: Path(output.store).parent,
         code=command_code("build-store"),
@@ -192,4 +193,4 @@ rule build_slice_store:
     shell:
         "codebrain build-store --subject-slices {input.subjects} --contrasts {params.contrasts}"
         " --config '{params.slices}' {params.split_table} --fractions {params.fractions} --seed {params.seed}"
-        " --out-dir {params.out_dir} {params.tracking} > {log} 2>&1"
+        " --pinned '{params.pinned}' --out-dir {params.out_dir} {params.tracking} > {log} 2>&1"
