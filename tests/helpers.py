@@ -42,9 +42,9 @@ def make_store(folder: Path, n_train=16, n_val=4, size=16, seed=0, nan_slice=Non
                 labels[i] = np.select([distance < 0.4, distance < 0.7, distance < 1], [1, 3, 2], 0)
             stack[:, 0] = np.where(labels > 0, 1.0, stack[:, 0])
             np.save(folder / f"{split}_labels.npy", labels)
-            subjects = np.arange(count) // 4  # four slices per "subject"
-            pd.DataFrame({"subject": [f"s{s}" for s in subjects], "z": np.arange(count) % 4}).to_csv(
-                folder / f"{split}.tsv", sep="\t", index_label="index")
+        subjects = np.arange(count) // 4  # four slices per "subject"
+        pd.DataFrame({"subject": [f"s{s}" for s in subjects], "z": np.arange(count) % 4}).to_csv(
+            folder / f"{split}.tsv", sep="\t", index_label="index")
         np.save(folder / f"{split}.npy", stack)
         splits[split] = {"subjects": 1, "slices": count, "labels": tumours}
     (folder / "store.json").write_text(json.dumps({"contrasts": CONTRASTS, "splits": splits, "size": size,

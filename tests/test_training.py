@@ -511,6 +511,9 @@ def test_evaluation_tables_cover_every_scenario_and_target(trained, store, tmp_p
     one_method = table[table.method == "CodeBrain"]
     assert all_pairs.loc["CodeBrain", "psnr"] == pytest.approx(one_method.psnr.mean(), abs=1e-3)
     assert "| 010 | T1 |" in (tmp_path / "tables.md").read_text()
+    # BraSyn's 3D scores beside the slice means: a perfect Stage I would score 100; none is above it
+    assert {"ssim_tumour_3d", "ssim_outside_3d", "psnr_brain_3d"} <= set(summary.columns)
+    assert np.isfinite(all_pairs.psnr_brain_3d).all() and "BraSyn's 3D scores" in (tmp_path / "tables.md").read_text()
     codes = one_method.groupby("target").whole_code_accuracy_brain.mean()  # the code table: means over scenarios
     assert "| T2 | " in (tmp_path / "tables.md").read_text() and codes.between(0, 1).all()
     assert f"{codes['T2']:.3f}" in (tmp_path / "tables.md").read_text().split("Predicted codes")[1]

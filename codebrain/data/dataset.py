@@ -49,6 +49,12 @@ def open_store(store_dir: str | Path, split: str, contrasts: list[str] | None = 
     return np.load(store_dir / f"{split}.npy", mmap_mode="r"), summary
 
 
+def split_labels(store_dir: str | Path, split: str) -> np.ndarray | None:
+    """The split's tumour labels (memory-mapped, slices x S x S), or None for a store without them."""
+    path = Path(store_dir) / f"{split}_labels.npy"
+    return np.load(path, mmap_mode="r") if path.exists() else None
+
+
 def open_codes(codes_dir: str | Path, split: str, n_slices: int) -> np.ndarray:
     """The code cache of a split (memory-mapped), checked against the slice count of the store."""
     path = Path(codes_dir) / f"{split}.npy"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from codebrain.evaluation.brasyn import VOLUME_METRICS
 from codebrain.evaluation.evaluate import METHOD_NAMES, METRICS
 from codebrain.io import write_atomic
 
@@ -39,10 +40,12 @@ def compare_experiments(summaries: dict[str, Path], out: Path, markdown: Path,
     zero = table.method == METHOD_NAMES["zero"]
     table = pd.concat([table[zero].drop_duplicates(["group", "method"]).assign(experiment="-"), table[~zero]])
     lines = ["| experiment | method | " + " | ".join(f"{g} PSNR / SSIM / MAE" for g in ("O->O", "M->O", "ALL"))
-             + " | training PFLOPs | training wall (min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             + " | ALL 3D (BraSyn) SSIM tumour / outside / PSNR brain | training PFLOPs | training wall (min) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (experiment, method), rows in table.groupby(["experiment", "method"], sort=False):
         by_group = rows.set_index("group")
         cells = [" / ".join(f"{by_group.loc[g, k]:.2f}" for k in METRICS) for g in ("O->O", "M->O", "ALL")]
+        cells.append(" / ".join(f"{by_group.loc['ALL'].get(k, np.nan):.2f}" for k in VOLUME_METRICS))
         flops, wall = (rows[k].iloc[0] if k in rows else float("nan") for k in ("train_flops", "train_wall_s"))
         cost = [f"{flops / 1e15:.4g}" if np.isfinite(flops) else "-", f"{wall / 60:.1f}" if np.isfinite(wall) else "-"]
         lines.append(f"| {experiment} | {method} | " + " | ".join(cells + cost) + " |")

@@ -1,7 +1,9 @@
 """The paper's evaluation of a trained model on the test split: per-scenario table, group means, figures.
 
 Outputs (docs/design.md, "Evaluation"): scenarios.csv, one row per (scenario, target, method) with PSNR,
-SSIM x 100 and MAE x 1000 as means over slices, whole slice and inside the brain;
+SSIM x 100 and MAE x 1000 as means over slices, whole slice and inside the brain, and BraSyn's 3D scores of each
+subject's volume as means over subjects (evaluation/brasyn.py: SSIM inside and outside the tumour, PSNR in the
+brain; the challenge's protocol, a second table beside the paper's);
 summary.csv, unweighted means over pairs for One-to-One (one input), Many-to-One (more than one)
 and ALL; tables.md laid out like the paper's Tables 1 and 2; exemplars.png, one test slice per
 scenario with its error map; code_maps.png, a slice's codes as Stage I encodes and E_prior predicts
@@ -18,7 +20,8 @@ import torch
 
 from codebrain.checkpoints import load_checkpoint
 from codebrain.rebuild import codebrain_from, direct_from
-from codebrain.data.dataset import open_store
+from codebrain.data.dataset import open_store, split_labels
+from codebrain.evaluation.brasyn import VOLUME_METRICS, evaluate_volumes
 from codebrain.evaluation.scenarios import (CODE_METRICS, CodeBrainImputer, DirectImputer, all_scenarios,
                                             evaluate_scenarios, scenario_name)
 from codebrain.evaluation.uncertainty import evaluate_uncertainty, samplable, uncertainty_figure
@@ -60,7 +63,8 @@ def logged_metrics(means: pd.DataFrame, split: str, codes: pd.DataFrame | None =
     code diagnostics (code_means), <split>/codes/<target>/<metric>."""
     method_ids = {name: method for method, name in METHOD_NAMES.items()}
     metrics = {f"{split}/{GROUPS[row.group]}/{method_ids[row.method]}/{k}": row[k]
-               for _, row in means.iterrows() for k in ("psnr", "ssim", "mae", "psnr_brain")}
+               for _, row in means.iterrows() for k in ("psnr", "ssim", "mae", "psnr_brain", *VOLUME_METRICS)
+               if np.isfinite(row.get(k, np.nan))}
     if codes is not None and not codes.empty:
         metrics.update({f"{split}/codes/{row.target}/{k}": row[k]
                         for _, row in codes.iterrows() for k in CODE_METRICS if k in row})
@@ -117,6 +121,11 @@ def markdown_tables(table: pd.DataFrame, summary: pd.DataFrame) -> str:
     for _, row in summary.iterrows():
         values = " | ".join(f"{row.get(k, np.nan):.2f}" for k in METRICS + [f"{m}_brain" for m in METRICS])
         lines.append(f"| {row.group} | {row.method} | {row.pairs} | {values} |")
+    lines += ["", "## BraSyn's 3D scores (each subject's volume, means over subjects, then over pairs)", "",
+              "| group | method | SSIM tumour | SSIM outside | PSNR (brain) |", "| --- | --- | --- | --- | --- |"]
+    for _, row in summary.iterrows():
+        values = " | ".join(f"{row.get(k, np.nan):.2f}" for k in VOLUME_METRICS)
+        lines.append(f"| {row.group} | {row.method} | {values} |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +230,12 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
     slices, _ = open_store(store, split, contrasts)
     payload = load_checkpoint(checkpoint, ("stage2", "direct"), {"contrasts": list(contrasts)})
     imputer, method = imputer_from(payload, device)
+    labels = split_labels(store, split)
     table = evaluate_scenarios(imputer, slices, contrasts, device, batch_size, brain=True)
+    volumes = evaluate_volumes(imputer, slices, pd.read_csv(Path(store) / f"{split}.tsv", sep="\t"), labels,
+                               contrasts, device, batch_size)
+    volumes[["ssim_tumour_3d", "ssim_outside_3d"]] *= 100  # x 100, as the 2D SSIM
+    table = table.merge(volumes, on=["scenario", "target", "n_inputs", "method"], how="left")
     table["method"] = table.method.map(METHOD_NAMES)
     table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")
     columns = ["scenario", "target", "n_inputs", "method"] + [c for c in table.columns if c.split("_")[0] in METRICS]
@@ -240,8 +254,6 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
                     uncertainty_samples if sampling else 0)
     code_map_figure(imputer, slices, contrasts, out_dir / "code_maps.png", len(slices) // 2)
     if sampling:
-        labels_path = Path(store) / f"{split}_labels.npy"
-        labels = np.load(labels_path, mmap_mode="r") if labels_path.exists() else None
         calibrated = evaluate_uncertainty(imputer.stage1, imputer.prior, slices, contrasts, device,
                                           uncertainty_samples, batch_size, labels)
         with write_atomic(out_dir / "uncertainty.csv") as tmp:

@@ -33,31 +33,33 @@ def mae(prediction, target, mask=None, data_range: float = 1.0) -> torch.Tensor:
     return _masked_mean((prediction.float().clamp(0, data_range) - target.float()).abs(), mask)
 
 
-def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
-    """1 x 1 x k x k normalised Gaussian, k = 2 * int(truncate * sigma + 0.5) + 1 (11 for sigma 1.5)."""
+def gaussian_1d(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    """k normalised Gaussian weights, k = 2 * int(truncate * sigma + 0.5) + 1 (11 for sigma 1.5)."""
     radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    g = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    return g / g.sum()
 
 
-def ssim_map(prediction, target, data_range: float = 1.0, sigma: float = 1.5) -> torch.Tensor:
-    """B x H x W -> B x H x W local SSIM (module docstring); the prediction is clamped to [0, data_range]."""
-    window = gaussian_window(sigma).to(target.device)
-    pad = (window.shape[-1] - 1) // 2
-    x = F.pad(prediction.float().clamp(0, data_range)[:, None], (pad,) * 4, mode="reflect")
-    y = F.pad(target.float()[:, None], (pad,) * 4, mode="reflect")
-
-    def local_mean(t):
-        return F.conv2d(t, window)  # B x 1 x H x W: the padding gives every pixel its window
-
+def ssim_index(x: torch.Tensor, y: torch.Tensor, local_mean, data_range: float) -> torch.Tensor:
+    """SSIM's formula on the local means, variances (population, floored at 0) and covariance that `local_mean`
+    (a normalised window, 2D or 3D) gives."""
     ux, uy = local_mean(x), local_mean(y)
     vx = (local_mean(x * x) - ux * ux).clamp_min(0)
     vy = (local_mean(y * y) - uy * uy).clamp_min(0)
     vxy = local_mean(x * y) - ux * uy
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    return (((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2)))[:, 0]
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+
+
+def ssim_map(prediction, target, data_range: float = 1.0, sigma: float = 1.5) -> torch.Tensor:
+    """B x H x W -> B x H x W local SSIM (module docstring); the prediction is clamped to [0, data_range]."""
+    g = gaussian_1d(sigma).to(target.device)
+    window = (g[:, None] * g[None, :])[None, None]  # 1 x 1 x 11 x 11
+    pad = (len(g) - 1) // 2
+    x = F.pad(prediction.float().clamp(0, data_range)[:, None], (pad,) * 4, mode="reflect")
+    y = F.pad(target.float()[:, None], (pad,) * 4, mode="reflect")
+    # the padding gives every pixel its window: B x 1 x H x W
+    return ssim_index(x, y, lambda t: F.conv2d(t, window), data_range)[:, 0]
 
 
 def ssim(prediction, target, mask=None, data_range: float = 1.0) -> torch.Tensor:

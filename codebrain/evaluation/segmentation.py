@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from codebrain.checkpoints import save_checkpoint
-from codebrain.data.dataset import open_store
+from codebrain.data.dataset import open_store, split_labels
 from codebrain.evaluation.scenarios import scenario_name
 from codebrain.io import InputError, default_device, write_atomic
 from codebrain.models.segmenter import N_CLASSES, SegmenterConfig, build_segmenter
@@ -25,9 +25,9 @@ from codebrain.models.segmenter import N_CLASSES, SegmenterConfig, build_segment
 
 def open_labels(store: Path, split: str) -> np.ndarray:
     path = Path(store) / f"{split}_labels.npy"
-    if not path.exists():
+    labels = split_labels(store, split)
+    if labels is None:
         raise InputError(f"{path}: the slice store has no labels (dataset.labels: true, and a seg volume per subject)")
-    labels = np.load(path, mmap_mode="r")
     if labels.max() >= N_CLASSES:
         raise InputError(f"{path}: label {int(labels.max())} found; expected BraTS labels 0..{N_CLASSES - 1}")
     return labels
