@@ -55,7 +55,7 @@ class Download(Section):
 
 class Registration(Section):
     method: Literal["rigid", "affine", "none"] = "rigid"  # none: the data come co-registered
-    seed: int = 0
+    seed: NonNegativeInt = 0  # ANTs' metric sampling (data/registration.py)
 
 
 class Fractions(Section):

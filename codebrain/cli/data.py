@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from codebrain.cli.common import add_tracking_arguments, named_files, step_run
@@ -80,7 +79,6 @@ def cmd_check_raw(args):
 def cmd_register(args):
     from codebrain.data.registration import register_subject
 
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     subject = Path(args.out_dir).name
     with step_run(args, "register_subject", f"register_subject/{subject}", subject=subject) as tracker:
         qc = register_subject(named_files(args.input), args.reference, Path(args.out_dir), args.method, args.seed)
@@ -167,7 +165,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--reference", required=True)
     p.add_argument("--method", choices=["rigid", "affine"], default="rigid")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     add_tracking_arguments(p)
     p.set_defaults(func=cmd_register)

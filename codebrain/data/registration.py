@@ -12,6 +12,7 @@ from pathlib import Path
 
 import ants
 import numpy as np
+from ants import config as ants_config
 
 from codebrain.io import scratch_folder, write_atomic
 from codebrain.data.nifti import load_volume
@@ -38,6 +39,10 @@ def register_subject(files: dict[str, Path], reference: str, out_dir: Path, meth
         load_volume(path)  # clear errors for corrupt, 4D or NaN input before ANTs sees it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # ANTsPy >= 0.5 ignores registration(random_seed=...): its metric sampling draws from this global seed (and
+    # one thread), and antsRegistration reads --random-seed 0 as "draw one", so seed s goes to ANTs as s + 1;
+    # without it every run of the same subject registered differently
+    ants_config.set_ants_deterministic(True, seed + 1)
     # ANTs writes its transforms under a prefix, by default in the system temporary folder and never removed
     with scratch_folder(out_dir, ".ants-") as ants_dir:
         fixed = ants.image_read(str(files[reference]), pixeltype="float")
@@ -49,8 +54,7 @@ def register_subject(files: dict[str, Path], reference: str, out_dir: Path, meth
                 moving = ants.image_read(str(path), pixeltype="float")
                 before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
                 result = ants.registration(fixed, moving, type_of_transform=TRANSFORM_TYPES[method],
-                                           aff_metric="mattes", random_seed=seed, outprefix=f"{ants_dir}/{contrast}_",
-                                           **PYRAMID)
+                                           aff_metric="mattes", outprefix=f"{ants_dir}/{contrast}_", **PYRAMID)
                 registered = result["warpedmovout"]
                 transform_file = out_dir / f"{contrast}_to_{reference}.mat"
                 with write_atomic(transform_file) as tmp:

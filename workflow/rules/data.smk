@@ -122,7 +122,7 @@ rule register_subject:
         f"{OUT}/logs/register_subject/{{subject}}.log",
     benchmark:
         f"{OUT}/benchmarks/register_subject/{{subject}}.tsv"
-    threads: 1
+    threads: 1  # ANTs on one thread: the same subject always registers alike (data/registration.py)
     resources:
         gpu=0,
         mem_mb=4000,
@@ -130,7 +130,7 @@ rule register_subject:
         "../../envs/codebrain.yaml"
     shell:
         "codebrain register {params.inputs} --reference {params.reference} --method {params.method}"
-        " --seed {params.seed} --threads {threads} --out-dir {params.out_dir} {params.tracking} > {log} 2>&1"
+        " --seed {params.seed} --out-dir {params.out_dir} {params.tracking} > {log} 2>&1"
 
 
 rule extract_slices:
