@@ -344,3 +344,15 @@ def test_activation_checkpointing_changes_memory_not_results():
     stage = StageOne(experiment, make_accelerator())
     flags = [m.checkpointed for m in stage.model.modules() if isinstance(m, NAFBlock)]
     assert flags and all(flags)
+
+
+def test_a_checkpoint_from_before_the_release_rework_still_rebuilds():
+    """Checkpoints saved their whole model_config: one with the retired disc_conditional key rebuilds; one of the
+    retired 'wide' decoder is refused by name (its layers no longer exist)."""
+    from helpers import MODEL
+
+    saved = {**ModelConfig(**MODEL).to_dict(), "disc_conditional": False}
+    saved.pop("discriminator")
+    assert ModelConfig.from_dict(saved).discriminator == "pix2pix"
+    with pytest.raises(ValueError, match="decoder 'wide' .* retired"):
+        ModelConfig.from_dict({**saved, "decoder": "wide"})

@@ -13,6 +13,8 @@ Contrast = Literal[CONTRASTS]
 # The keys that shape E_prior alone: changing them retrains Stage II but not Stage I.
 PRIOR_FIELDS = ("prior_width", "prior_enc_blocks", "prior_middle_blocks", "prior_loss", "grading_mean",
                 "prior_availability", "prior_decode", "finetune_decoder")
+# Keys that older checkpoints saved and that shape no saved network: dropped when one is rebuilt.
+RETIRED_FIELDS = ("disc_conditional",)  # the discriminator is not in a checkpoint (replaced by `discriminator`)
 # The keys of Stage I that Stage II depends on (its code maps and contrasts): a Stage I that differs is refused.
 STAGE1_FIELDS = ("contrasts", "quantiser", "levels", "code_dim", "codebook_size", "joint_code", "enc_blocks")
 
@@ -87,7 +89,11 @@ class ModelConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, section: dict) -> "ModelConfig":
-        return cls.model_validate(section)
+        """A saved model_config (a checkpoint's), older ones included: retired keys are dropped."""
+        if section.get("decoder") == "wide":
+            raise ValueError("decoder 'wide' (protocol release before issue 28) is retired: its checkpoints cannot be "
+                             "rebuilt; retrain with decoder: release")
+        return cls.model_validate({k: v for k, v in section.items() if k not in RETIRED_FIELDS})
 
     def to_dict(self) -> dict:
         return self.model_dump()
