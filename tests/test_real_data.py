@@ -178,7 +178,7 @@ def test_the_brats_sample_downloads_checked_by_its_sha256(tmp_path, sample_serve
     configfile = project(tmp_path / "project", "brats-sample.yaml")
     config = yaml.safe_load(configfile.read_text())
     urls = [url for url in config["download"]["urls"] if f"/{BRATS18.name}/" in url]
-    assert len(urls) == 5 and len(config["download"]["urls"]) == 50
+    assert len(urls) == 5 and len(config["download"]["urls"]) == 100  # the twenty cases
     config["download"]["urls"] = [url.replace("https://raw.githubusercontent.com", sample_server) for url in urls]
     configfile.write_text(yaml.safe_dump(config))
     workdir = tmp_path / "project"
