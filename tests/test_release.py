@@ -250,3 +250,15 @@ def test_one_training_step_is_theirs_without_clipping(gan_on):
     torch.testing.assert_close(stage.disc(probe), disc(probe), rtol=1e-5, atol=1e-6)
     clipped, _ = stage_after_step(grad_clip=1.0)
     assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(clipped.model.parameters(), gen.parameters()))
+
+
+def test_the_readmes_model_size_command_prints_the_releases_counts(capsys):
+    """README: `codebrain model-size --config config/models/release.yaml` (Stage I 135.69 M, Stage II 27.88 M)."""
+    from pathlib import Path
+
+    from codebrain.cli import main
+
+    main(["model-size", "--config", str(Path(__file__).parents[1] / "config" / "models" / "release.yaml")])
+    rows = {line.split()[0] + (" " + line.split()[1] if line.startswith("Stage") else ""): line.split()
+            for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["Stage I"][2] == "135.69" and rows["Stage II"][2] == "27.88"
