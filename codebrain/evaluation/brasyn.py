@@ -45,7 +45,8 @@ def ssim3d_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def volume_scores(truth: torch.Tensor, prediction: torch.Tensor, tumour: torch.Tensor | None,
                   brain: torch.Tensor) -> dict[str, float]:
-    """BraSyn's SSIM inside and outside the tumour and PSNR in the brain of one K x S x S volume pair."""
+    """BraSyn's SSIM (x 100, as the 2D SSIM) inside and outside the tumour and PSNR in the brain of one K x S x S
+    volume pair."""
     truth, prediction = percentile_scaled(truth.float()), percentile_scaled(prediction.float())
     scores = dict.fromkeys(VOLUME_METRICS, float("nan"))
     if len(truth) > HALF_WIDTH:
@@ -55,7 +56,7 @@ def volume_scores(truth: torch.Tensor, prediction: torch.Tensor, tumour: torch.T
         for name, region in regions.items():
             if region.any():
                 inside = region.to(truth.dtype)
-                scores[name] = float(ssim3d_map(prediction * inside, truth * inside)[region].mean())
+                scores[name] = 100 * float(ssim3d_map(prediction * inside, truth * inside)[region].mean())
     if brain.any():
         mse = float(((prediction - truth)[brain] ** 2).mean())
         scores["psnr_brain_3d"] = 10 * np.log10(1 / max(mse, 1e-10))

@@ -234,7 +234,6 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
     table = evaluate_scenarios(imputer, slices, contrasts, device, batch_size, brain=True)
     volumes = evaluate_volumes(imputer, slices, pd.read_csv(Path(store) / f"{split}.tsv", sep="\t"), labels,
                                contrasts, device, batch_size)
-    volumes[["ssim_tumour_3d", "ssim_outside_3d"]] *= 100  # x 100, as the 2D SSIM
     table = table.merge(volumes, on=["scenario", "target", "n_inputs", "method"], how="left")
     table["method"] = table.method.map(METHOD_NAMES)
     table = table.sort_values(["n_inputs", "scenario", "target"], kind="stable")

@@ -41,8 +41,8 @@ class StageOne:
     def trains_discriminator(self, step: int) -> bool:
         return self.cfg.gan_weight > 0 and (self.cfg.disc_from_start or self.phase(step) == "adversarial")
 
-    def flops_key(self, batch: TrainingBatch) -> tuple[str, bool]:
-        return self.phase(batch.step), self.trains_discriminator(batch.step)
+    def flops_key(self, batch: TrainingBatch) -> str:
+        return self.phase(batch.step)  # whether D trains follows from the phase
 
     def judged(self, image, mask, target, reconstruction):
         """(real, fake, the fake's target) as D sees them. pix2pix: the target and D_a's output, target 0. release:
