@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
+from codebrain.data.dataset import SliceDataset, open_store, sample_scenario, subject_order
 from codebrain.io import InputError
 from codebrain.data.slices import SliceConfig, crop_pad, extract_subject, normalisation_range, normalise
 from codebrain.data.store import SPLITS, assign_splits, build_store
@@ -210,6 +210,30 @@ def test_dataset_items_are_deterministic_per_epoch(tmp_path):
         dataset.set_epoch(epoch)
         draws.append([(tuple(dataset.scenario(i).available), dataset.scenario(i).anchor) for i in range(len(dataset))])
     assert len({tuple(d) for d in draws}) > 1
+
+
+def test_a_subject_subset_nests_and_keeps_each_slices_draw(tmp_path):
+    files, assignment, _ = make_store(tmp_path, n_subjects=12)
+    train = sorted(s for s, split in assignment.items() if split == "train")
+    order = subject_order(tmp_path / "store", "train")
+    assert sorted(order) == train and order != train  # a seeded order, not the names'
+    table = pd.read_csv(tmp_path / "store" / "train.tsv", sep="\t")
+    whole = SliceDataset(tmp_path / "store", "train", seed=3)
+    previous = set()
+    for n in (2, 4, len(train)):
+        subset = SliceDataset(tmp_path / "store", "train", seed=3, subjects=n)
+        chosen = set(order[:n])
+        assert previous <= chosen  # 2 in 4 in all
+        previous = chosen
+        rows = table.index[table.subject.isin(chosen)].to_numpy()
+        assert len(subset) == sum(len(np.load(files[s])["z"]) for s in chosen) == len(rows)
+        for i, row in enumerate(rows):  # the subject's own slices, with the scenario the whole split draws for them
+            item, same = subset[i], whole[int(row)]
+            assert torch.equal(item["image"], torch.from_numpy(np.load(files[table.subject[row]])["slices"][
+                table.z[row] - 10]))
+            assert torch.equal(item["scenario_mask"], same["scenario_mask"]) and item["anchor"] == same["anchor"]
+    with pytest.raises(InputError, match=f"subjects: {len(train) + 1} asked.*has {len(train)} subjects"):
+        SliceDataset(tmp_path / "store", "train", subjects=len(train) + 1)
 
 
 def test_augmentation_moves_every_contrast_alike_and_is_repeatable(tmp_path):

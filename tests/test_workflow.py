@@ -303,6 +303,10 @@ def test_summary_shows_training_flops_and_wall_time_per_method(workdir):
                   for job in ("train_stage1", "cache_codes", "train_stage2"))
     assert rows.loc[("codebrain", "CodeBrain"), "train_wall_s"] == pytest.approx(seconds, rel=1e-3)
     assert np.isnan(rows.loc[("-", "zero imputation"), "train_flops"])
+    kept = {name: torch.load(results / "models" / name / f"{file}.pt", weights_only=True)["step"]
+            for name, file in (("codebrain", "stage1"), ("codebrain", "stage2"), ("direct", "direct"))}
+    assert rows.loc[("codebrain", "CodeBrain (Stage I)"), "selected_step"] == kept["codebrain"]
+    assert rows.loc[("direct", "direct regressor"), "selected_step"] == kept["direct"] > 0
     line = next(li for li in (results / "metrics" / "summary.md").read_text().splitlines()
                 if li.startswith("| direct | direct regressor |"))
     assert line.split("|")[-3].strip() == f"{direct / 1e15:.4g}"
@@ -333,6 +337,57 @@ def test_convergence_study_reads_the_runs_validation_curves(workdir, tmp_path):
     only = subprocess.run([sys.executable, str(REPO / "bench" / "convergence.py"), "results/tiny", "--out", figure,
                            "--experiments", "direct"], cwd=path, capture_output=True, text=True)
     assert [line.split("|")[1].strip() for line in only.stdout.splitlines()[2:]] == ["direct"]
+
+
+def test_subject_count_study_reads_each_learners_scores_steps_and_validation(workdir, tmp_path):
+    """bench/subject_count.py on the tiny DAG (one size: its whole training split): each learner's test scores
+    from summary.csv, its kept step and validation PSNR from its checkpoint, the gap direct minus CodeBrain."""
+    import pandas as pd
+    import torch
+
+    path, _ = workdir
+    figure = tmp_path / "subjects.png"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "subject_count.py"), "--configfile", TINY,
+                             "--out", figure], cwd=path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = path / "results" / "tiny"
+    table = pd.read_csv(results / "metrics" / "subject_count.csv").set_index("learner")
+    summary = pd.read_csv(results / "metrics" / "summary.csv")
+    summary = summary[summary.group == "ALL"].set_index(["experiment", "method"])
+    train_subjects = json.loads((results / "slices" / "store.json").read_text())["splits"]["train"]["subjects"]
+    assert sorted(table.index) == ["direct", "paper", "stage1"] and set(table.subjects) == {train_subjects}
+    assert table.loc["paper", "psnr"] == pytest.approx(summary.loc[("codebrain", "CodeBrain"), "psnr"], abs=1e-4)
+    assert table.loc["stage1", "ssim_tumour_3d"] == pytest.approx(
+        summary.loc[("codebrain", "CodeBrain (Stage I)"), "ssim_tumour_3d"], abs=1e-4)
+    stage2 = torch.load(results / "models" / "codebrain" / "stage2.pt", weights_only=True)
+    assert table.loc["paper", "selected_step"] == stage2["step"]
+    assert table.loc["stage1", "val_psnr_one_missing"] == pytest.approx(
+        stage2["stage1"]["metrics"]["val/psnr_stage1_one_missing"], abs=1e-4)
+    gap = summary.loc[("direct", "direct regressor"), "psnr"] - summary.loc[("codebrain", "CodeBrain"), "psnr"]
+    assert f"{gap:+.2f} dB at {train_subjects}" in result.stdout
+    import matplotlib.pyplot as plt
+
+    assert plt.imread(figure)[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_subject_count_trend_crosses_where_the_line_through_the_gaps_does():
+    """Gaps of 3, 2 and 1 dB at 4, 8 and 16 subjects fall 1 dB per doubling: zero at 32 subjects."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("subject_count", REPO / "bench" / "subject_count.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rows = [("paper", n, 20.0 + k) for k, n in enumerate((4, 8, 16))] + \
+           [("direct", n, 23.0) for n in (4, 8, 16)]
+    trend = study.gap_trend(pd.DataFrame(rows, columns=["learner", "subjects", "psnr"]))
+    assert trend["gaps"] == {4: 3.0, 8: 2.0, 16: 1.0}
+    assert trend["slope_per_decade"] == pytest.approx(-1 / np.log10(2))
+    assert trend["crossing"] == pytest.approx(32.0)
+    widening = pd.DataFrame([("paper", 4, 20.0), ("paper", 8, 20.0), ("direct", 4, 21.0), ("direct", 8, 22.0)],
+                            columns=["learner", "subjects", "psnr"])
+    assert study.gap_trend(widening)["crossing"] is None
 
 
 @pytest.fixture(scope="module")

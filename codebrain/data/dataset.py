@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -55,6 +56,22 @@ def split_labels(store_dir: str | Path, split: str) -> np.ndarray | None:
     return np.load(path, mmap_mode="r") if path.exists() else None
 
 
+def subject_order(store_dir: str | Path, split: str) -> list[str]:
+    """The split's subjects in a fixed seeded order, whatever the training seed: its first n are the subjects of a
+    training on n, so smaller sets nest in larger ones (4 in 8 in 16) and every learner at a size sees the same."""
+    subjects = sorted(pd.read_csv(Path(store_dir) / f"{split}.tsv", sep="\t")["subject"].unique())
+    return [str(s) for s in np.random.default_rng(0).permutation(subjects)]
+
+
+def subject_rows(store_dir: str | Path, split: str, n_subjects: int) -> np.ndarray:
+    """Store rows of the split's first `n_subjects` subjects (subject_order)."""
+    order = subject_order(store_dir, split)
+    if n_subjects > len(order):
+        raise InputError(f"subjects: {n_subjects} asked, but split {split!r} of {store_dir} has {len(order)} subjects")
+    table = pd.read_csv(Path(store_dir) / f"{split}.tsv", sep="\t")
+    return np.flatnonzero(table["subject"].isin(order[:n_subjects]).to_numpy())
+
+
 def open_codes(codes_dir: str | Path, split: str, n_slices: int) -> np.ndarray:
     """The code cache of a split (memory-mapped), checked against the slice count of the store."""
     path = Path(codes_dir) / f"{split}.npy"
@@ -75,7 +92,7 @@ class SliceDataset(Dataset):
     """
 
     def __init__(self, store_dir, split: str, contrasts: list[str] | None = None, seed: int = 0,
-                 codes_dir: str | Path | None = None, augment: list[str] | tuple = ()):
+                 codes_dir: str | Path | None = None, augment: list[str] | tuple = (), subjects: int | None = None):
         self.slices, self.summary = open_store(store_dir, split, contrasts)
         self.contrasts = self.summary["contrasts"]
         self.seed, self.epoch, self.augment = seed, 0, list(augment)
@@ -83,12 +100,14 @@ class SliceDataset(Dataset):
         if self.augment and codes_dir is not None:
             raise ValueError("cached codes belong to the stored slices, not to augmented ones")
         self.codes = open_codes(codes_dir, split, len(self.slices)) if codes_dir is not None else None
+        # store rows of the items: every row, or those of the split's first `subjects` subjects
+        self.rows = np.arange(len(self.slices)) if subjects is None else subject_rows(store_dir, split, subjects)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.slices)
+        return len(self.rows)
 
     def scenario(self, index: int) -> Scenario:
         return sample_scenario(len(self.contrasts), np.random.default_rng([self.seed, self.epoch, index]))
@@ -105,10 +124,12 @@ class SliceDataset(Dataset):
         return item
 
     def __getitem__(self, index: int) -> dict:
-        return self.item(np.array(self.slices[index]), index, None if self.codes is None else np.array(self.codes[index]))
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
-        """A DataLoader batch in one memory-map read instead of one read per slice."""
-        block = self.slices[np.asarray(indices)]  # B x N x S x S, one copy
-        codes = self.codes[np.asarray(indices)] if self.codes is not None else [None] * len(indices)
-        return [self.item(image, index, code) for image, index, code in zip(block, indices, codes)]
+        """A DataLoader batch in one memory-map read instead of one read per slice. A slice's scenario and transform
+        follow its store row, so a subject subset sees them as the whole split does."""
+        rows = self.rows[np.asarray(indices)]
+        block = self.slices[rows]  # B x N x S x S, one copy
+        codes = self.codes[rows] if self.codes is not None else [None] * len(rows)
+        return [self.item(image, int(row), code) for image, row, code in zip(block, rows, codes)]

@@ -58,6 +58,14 @@ def training_flops(payload: dict) -> dict[str, float]:
     return {"stage1": stage1, "stage2": stage1 + payload["metrics"].get("train/flops", np.nan)}
 
 
+def selected_steps(payload: dict) -> dict[str, int]:
+    """The training step whose weights each method of a checkpoint keeps (keep: best picks it on validation): where
+    the best step sits in the budget says whether the budget was the limit."""
+    if payload["kind"] == "direct":
+        return {"direct": payload["step"]}
+    return {"stage1": payload["stage1"]["step"], "stage2": payload["step"]}
+
+
 def logged_metrics(means: pd.DataFrame, split: str, codes: pd.DataFrame | None = None) -> dict[str, float]:
     """Group means as MLflow metrics: <split>/<group>/<method id>/<metric>, e.g. test/all/stage2/psnr; with the
     code diagnostics (code_means), <split>/codes/<target>/<metric>."""
@@ -241,6 +249,7 @@ def evaluate(checkpoint: Path, store: Path, out_dir: Path, contrasts: list[str],
     table = table[columns + [c for c in CODE_METRICS if c in table]]
     means, codes = group_means(table), code_means(table)
     means["train_flops"] = means.method.map({METHOD_NAMES[m]: f for m, f in training_flops(payload).items()})
+    means["selected_step"] = means.method.map({METHOD_NAMES[m]: s for m, s in selected_steps(payload).items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     with write_atomic(out_dir / "scenarios.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     available_weight: NonNegativeFloat = 0.0  # on available ones, joint decoder only (release: 5)
     per_batch_mask: bool = False  # release: one scenario per batch instead of per sample
     augment: list[Literal[AUGMENT_KINDS]] = []  # data/augment.py, p = 1/2 each
+    subjects: PositiveInt | None = None  # train on the first N training subjects (dataset.subject_order); None: all
     # Stage II only
     code_missing_weight: NonNegativeFloat = 1.0  # code-loss weight of a missing contrast's code map against a given one's
     # bookkeeping

@@ -245,7 +245,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     if last is not None:
         accelerator.load_state(str(last))
         accelerator.print(f"resumed from {last} at step {progress.step}")
-    dataset = SliceDataset(spec.store, "train", contrasts, seed=cfg.seed, augment=cfg.augment,
+    dataset = SliceDataset(spec.store, "train", contrasts, seed=cfg.seed, augment=cfg.augment, subjects=cfg.subjects,
                            codes_dir=None if cfg.augment else codes_dir)  # augmented: Stage II encodes its codes
     val_slices, _ = open_store(spec.store, "val", contrasts)
     batches = GlobalBatches(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
