@@ -43,6 +43,31 @@ def test_volume_scores_are_brasyns():
     assert ours["ssim_tumour_3d"] != pytest.approx(ours["ssim_outside_3d"], abs=1e-3)
 
 
+def test_grid_scores_are_brasyns_inside_the_imputations_box():
+    """A volume imputed on a larger grid (zeros around the planes it covers) is scored inside its bounding box:
+    torchmetrics' 3D SSIM and numpy's PSNR of the box, not of the whole grid."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from codebrain.evaluation.brasyn import grid_scores
+
+    rng = np.random.default_rng(2)
+    truth, tumour, brain = phantom_volume(rng)
+    prediction = (truth + 80 * rng.normal(size=truth.shape) * brain + 5).astype(np.float32)  # > 0 in the box
+    box = (slice(3, 15), slice(2, 26), slice(4, 24))
+    big = [np.zeros((18, 30, 30), dtype) for dtype in (np.float32, np.float32, bool, bool)]
+    for array, inner in zip(big, (rng.random(truth.shape) * 900 + truth, prediction, tumour, brain)):
+        array[box] = inner
+    big[0][:3] = 500.0  # real anatomy outside the imputed planes does not count
+    ours = grid_scores(*big)
+    gt, pred = their_percentile_clip(big[0][box]), their_percentile_clip(prediction)
+    masked = [torch.from_numpy((v * tumour)[None, None]).float() for v in (pred, gt)]
+    _, full = structural_similarity_index_measure(*masked, return_full_image=True)
+    assert ours["ssim_tumour_3d"] == pytest.approx(100 * full[0, 0][torch.from_numpy(tumour)].mean().item(), abs=1e-3)
+    assert ours["psnr_brain_3d"] == pytest.approx(10 * np.log10(1 / ((pred - gt)[brain] ** 2).mean()), abs=1e-4)
+    with pytest.raises(ValueError, match="different grids"):
+        grid_scores(big[0], big[1][:-1], None, big[3])
+
+
 def test_too_few_slices_or_no_tumour_give_nan():
     rng = np.random.default_rng(1)
     truth, tumour, brain = (torch.from_numpy(a) for a in phantom_volume(rng))

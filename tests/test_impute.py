@@ -36,6 +36,37 @@ def test_imputed_volumes_sit_on_the_reference_grid(workdir):
     assert set(metrics.group) == {"O->O", "M->O", "ALL"}
 
 
+def test_imputed_volumes_carry_brasyns_scores_on_their_own_grid(workdir):
+    """imputed.tsv's 3D scores, recomputed from the NIfTI files: the imputation's bounding box, their percentile
+    clipping by numpy, PSNR in the brain against the registered volume. The tiny cohort's volumes are 4 slices
+    thick, thinner than SSIM's window (test_brasyn.py checks the SSIM on a grid), and have no tumour labels."""
+    import pandas as pd
+
+    from codebrain.data.slices import brain_mask
+
+    def clipped(volume):
+        low, high = np.percentile(volume, [0.5, 99.5])
+        low = max(low, 0)
+        return (np.clip(volume, low, high) - low) / (high - low)
+
+    path, _ = workdir
+    out = path / "results" / "tiny"
+    imputed = pd.read_csv(out / "imputed" / "codebrain" / "imputed.tsv", sep="\t", dtype={"scenario": str})
+    assert imputed.ssim_tumour_3d.isna().all() and imputed.ssim_outside_3d.isna().all()
+    for row in [imputed[imputed.n_inputs == 1].iloc[0], imputed[imputed.n_inputs == 2].iloc[-1]]:
+        prediction = nib.load(path / row.path).get_fdata(dtype=np.float32)
+        real = {c: nib.load(out / "registered" / row.subject / f"{c}.nii.gz").get_fdata(dtype=np.float32)
+                for c in ("T1", "T2", "PD")}
+        box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(prediction))
+        assert min(prediction[box].shape) == 4 < prediction.shape[2]  # scored on the imputed planes only
+        pred, truth = clipped(prediction[box]), clipped(real[row.target][box])
+        brain = brain_mask(list(real.values()))[box]
+        assert row.psnr_brain_3d == pytest.approx(10 * np.log10(1 / ((pred - truth)[brain] ** 2).mean()), abs=1e-3)
+    means = pd.read_csv(out / "imputed" / "codebrain" / "brasyn.tsv", sep="\t").set_index("group")
+    per_pair = imputed.groupby(["scenario", "target"]).psnr_brain_3d.mean()
+    assert means.loc["ALL", "psnr_brain_3d"] == pytest.approx(per_pair.mean(), abs=1e-3)
+
+
 def test_imputed_test_subjects_carry_their_std_volumes(workdir):
     """evaluation.uncertainty_samples (default 8): a _std volume beside every imputation, holding the std of the
     sampled decodings (recomputed here from the store's slices and the same seed) in the reference's scale."""

@@ -357,8 +357,8 @@ def test_subject_count_study_reads_each_learners_scores_steps_and_validation(wor
     train_subjects = json.loads((results / "slices" / "store.json").read_text())["splits"]["train"]["subjects"]
     assert sorted(table.index) == ["direct", "paper", "stage1"] and set(table.subjects) == {train_subjects}
     assert table.loc["paper", "psnr"] == pytest.approx(summary.loc[("codebrain", "CodeBrain"), "psnr"], abs=1e-4)
-    assert table.loc["stage1", "ssim_tumour_3d"] == pytest.approx(
-        summary.loc[("codebrain", "CodeBrain (Stage I)"), "ssim_tumour_3d"], abs=1e-4)
+    assert table.loc["stage1", "psnr_brain_3d"] == pytest.approx(
+        summary.loc[("codebrain", "CodeBrain (Stage I)"), "psnr_brain_3d"], abs=1e-4)
     stage2 = torch.load(results / "models" / "codebrain" / "stage2.pt", weights_only=True)
     assert table.loc["paper", "selected_step"] == stage2["step"]
     assert table.loc["stage1", "val_psnr_one_missing"] == pytest.approx(

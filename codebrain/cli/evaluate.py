@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from codebrain.cli.common import add_run_arguments, add_tracking_arguments, config_section, named_files, step_run
-from codebrain.io import InputError, default_device, scratch_folder
+from codebrain.io import InputError, default_device, scratch_folder, write_atomic
 
 
 def cmd_evaluate(args):
@@ -45,17 +45,30 @@ def cmd_compare(args):
 
 
 def cmd_impute_split(args):
-    from codebrain.evaluation.evaluate import load_imputer
+    import numpy as np
+
+    from codebrain.evaluation.brasyn import VOLUME_METRICS
+    from codebrain.evaluation.evaluate import GROUPS, group_means, load_imputer
     from codebrain.evaluation.impute import impute_subjects
 
     imputer, _ = load_imputer(Path(args.model), args.contrasts, default_device(), reconstruct=False)
     references = {subject: Path(path) for subject, path in json.loads(args.references).items()}
+    truths = json.loads(args.truths) if args.truths else None
     with step_run(args, "impute_test_subjects", f"impute_test_subjects/{args.experiment}", experiment=args.experiment,
                   split=args.split, **{"volumes.path": Path(args.out_dir).resolve()}) as tracker:
-        table = impute_subjects(imputer, Path(args.store), references,
-                                Path(args.out_dir), args.split, uncertainty_samples=args.uncertainty_samples)
+        table = impute_subjects(imputer, Path(args.store), references, Path(args.out_dir), args.split,
+                                uncertainty_samples=args.uncertainty_samples, truths=truths)
         tracker.log_metrics({"volumes": len(table), "subjects": table.subject.nunique()})
         tracker.log_artifact(Path(args.out_dir) / "imputed.tsv")  # the volumes themselves stay on disk (large)
+        if truths:  # BraSyn's scores on the subjects' own grids: means over subjects, then over pairs
+            pairs = table.groupby(["scenario", "target", "n_inputs"], as_index=False)[list(VOLUME_METRICS)].mean()
+            means = group_means(pairs.assign(method="CodeBrain"))
+            tracker.log_metrics({f"{args.split}/{GROUPS[g]}/grid/{k}": float(v) for g, row in means.set_index(
+                "group").iterrows() for k, v in row[list(VOLUME_METRICS)].items() if np.isfinite(v)})
+            with write_atomic(Path(args.out_dir) / "brasyn.tsv") as tmp:
+                means[["group", "pairs", *VOLUME_METRICS]].to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+            tracker.log_artifact(Path(args.out_dir) / "brasyn.tsv")
+            print(means[["group", "pairs", *VOLUME_METRICS]].to_string(index=False, float_format="%.2f"))
     print(f"{len(table)} volumes for {table.subject.nunique()} subjects in {args.out_dir}")
 
 
@@ -175,6 +188,8 @@ def add_parsers(sub) -> None:
     add_run_arguments(p, training=False)
     p.add_argument("--model", required=True, help="Stage II checkpoint")
     p.add_argument("--references", required=True, help='JSON {subject: reference volume} (the grid to write on)')
+    p.add_argument("--truths", help='JSON {subject: {contrast: volume, "seg": labels}}: BraSyn\'s 3D scores of each '
+                                    'imputation against its real volume, in imputed.tsv')
     p.add_argument("--split", default="test")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--uncertainty-samples", type=int, default=0,

@@ -6,7 +6,7 @@ own 0.5 and 99.5 percentiles (the lower one at least 0) and scaling it to [0, 1]
 volumes' ranges, as torchmetrics takes it when none is given) of both volumes masked to the tumour (seg > 0),
 averaged over the tumour's voxels, and of both masked to the rest, averaged over the rest. PSNR (data range 1) is
 over the brain. Here a subject's volume is its K middle slices at the store's resolution, so K must exceed the
-window's half-width (5); with fewer slices, or no tumour, a score is NaN.
+window's half-width (5); with fewer slices (or a volume as thin on another axis), or no tumour, a score is NaN.
 """
 
 from __future__ import annotations
@@ -35,12 +35,19 @@ def percentile_scaled(volume: torch.Tensor, low: float = 0.5, high: float = 99.5
 
 
 def ssim3d_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Two D x H x W volumes -> their D x H x W local SSIM."""
+    """Two D x H x W volumes -> their D x H x W local SSIM. The 11 x 11 x 11 Gaussian window is separable: three 1D
+    passes, 33 products a voxel instead of 1,331, so a 1 mm volume scores in seconds."""
     g = gaussian_1d().to(x.device)
-    window = (g[:, None, None] * g[None, :, None] * g[None, None, :])[None, None]  # 1 x 1 x 11 x 11 x 11
+    passes = [g.view(1, 1, -1, 1, 1), g.view(1, 1, 1, -1, 1), g.view(1, 1, 1, 1, -1)]
+
+    def local_mean(t):
+        for kernel in passes:
+            t = F.conv3d(t, kernel)
+        return t
+
     data_range = max(float(x.max() - x.min()), float(y.max() - y.min()))
     x, y = (F.pad(v[None, None].float(), (HALF_WIDTH,) * 6, mode="reflect") for v in (x, y))
-    return ssim_index(x, y, lambda t: F.conv3d(t, window), data_range)[0, 0]
+    return ssim_index(x, y, local_mean, data_range)[0, 0]
 
 
 def volume_scores(truth: torch.Tensor, prediction: torch.Tensor, tumour: torch.Tensor | None,
@@ -49,7 +56,7 @@ def volume_scores(truth: torch.Tensor, prediction: torch.Tensor, tumour: torch.T
     volume pair."""
     truth, prediction = percentile_scaled(truth.float()), percentile_scaled(prediction.float())
     scores = dict.fromkeys(VOLUME_METRICS, float("nan"))
-    if len(truth) > HALF_WIDTH:
+    if min(truth.shape) > HALF_WIDTH:  # reflect padding needs more voxels than the half-width, on every axis
         regions = {"ssim_outside_3d": ~tumour if tumour is not None else torch.ones_like(brain)}
         if tumour is not None:
             regions["ssim_tumour_3d"] = tumour
@@ -61,6 +68,22 @@ def volume_scores(truth: torch.Tensor, prediction: torch.Tensor, tumour: torch.T
         mse = float(((prediction - truth)[brain] ** 2).mean())
         scores["psnr_brain_3d"] = 10 * np.log10(1 / max(mse, 1e-10))
     return scores
+
+
+def grid_scores(truth: np.ndarray, prediction: np.ndarray, tumour: np.ndarray | None,
+                brain: np.ndarray) -> dict[str, float]:
+    """volume_scores of an imputed volume on its subject's own grid (impute_test_subjects' NIfTI), inside the
+    bounding box of its non-zero voxels: a model trained on K middle slices imputes those planes only, and the
+    zeros around them are not its prediction."""
+    if truth.shape != prediction.shape:
+        raise ValueError(f"truth {truth.shape} and imputation {prediction.shape} are on different grids")
+    covered = np.nonzero(prediction)
+    if not covered[0].size:
+        return dict.fromkeys(VOLUME_METRICS, float("nan"))
+    box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in covered)
+    crop = [torch.from_numpy(np.ascontiguousarray(a[box])) if a is not None else None
+            for a in (truth, prediction, tumour, brain)]
+    return volume_scores(*crop)
 
 
 @torch.no_grad()

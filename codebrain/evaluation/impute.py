@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from codebrain.checkpoints import load_checkpoint
 from codebrain.data.dataset import open_store
+from codebrain.evaluation.brasyn import grid_scores
 from codebrain.evaluation.evaluate import imputer_from
 from codebrain.evaluation.scenarios import CodeBrainImputer, all_scenarios, scenario_name
 from codebrain.evaluation.uncertainty import check_samplable, sample_imputations, samplable
@@ -50,10 +51,22 @@ def impute(imputer, image: torch.Tensor, available: np.ndarray) -> torch.Tensor:
     return imputed.clamp(0, 1)
 
 
+def subject_truth(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
+    """({contrast: volume}, tumour mask or None, brain mask as slicing finds it) of a subject's real volumes
+    ({contrast: path, "seg": path} on its reference grid)."""
+    from codebrain.data.slices import brain_mask
+
+    volumes = {kind: np.asarray(nib.load(path).dataobj, dtype=np.float32) for kind, path in files.items()}
+    labels = volumes.pop("seg", None)
+    return volumes, None if labels is None else labels > 0, brain_mask(list(volumes.values()))
+
+
 def impute_subjects(imputer, store: Path, references: dict[str, Path], out_dir: Path,
-                    split: str = "test", batch_size: int = 32, uncertainty_samples: int = 0) -> pd.DataFrame:
+                    split: str = "test", batch_size: int = 32, uncertainty_samples: int = 0,
+                    truths: dict[str, dict[str, Path]] | None = None) -> pd.DataFrame:
     """uncertainty_samples K > 0 (CodeBrain with FSQ codes; others skip it): the std of K sampled decodings beside
-    each image."""
+    each image. truths ({subject: {contrast: path, "seg": path}}): each imputed volume also gets BraSyn's 3D scores
+    against the real one, on the subject's grid (brasyn.grid_scores)."""
     codebrain = isinstance(imputer, CodeBrainImputer) and samplable(imputer.stage1)
     samples = uncertainty_samples if codebrain else 0
     slices, summary = open_store(store, split)
@@ -70,6 +83,10 @@ def impute_subjects(imputer, store: Path, references: dict[str, Path], out_dir: 
         reference = nib.load(references[subject])
         image = torch.from_numpy(np.array(slices[subject_rows["index"].to_numpy()], dtype=np.float32))
         corner = (int(geometry.loc[subject, "x0"]), int(geometry.loc[subject, "y0"]))
+        if truths is not None:
+            if subject not in truths:
+                raise InputError(f"no real volumes given for subject {subject} to score its imputations against")
+            truth, tumour, brain = subject_truth(truths[subject])
         for available in all_scenarios(len(contrasts)):
             if samples:
                 drawn = [sample_imputations(imputer.stage1, imputer.prior, batch.to(device), available, samples)
@@ -84,14 +101,17 @@ def impute_subjects(imputer, store: Path, references: dict[str, Path], out_dir: 
                 outputs = [(imputed[:, t], path, low, high)]
                 if samples:  # a spread in [0, 1] units scales by (high - low) alone
                     outputs.append((spread[:, t], std_path(path), 0.0, high - low))
+                volumes = []
                 for channel, target_path, offset, scale in outputs:
-                    volume = restack([(channel.numpy(), corner)], subject_rows.z.to_numpy(), offset, offset + scale,
-                                     reference, spacing)
+                    volumes.append(restack([(channel.numpy(), corner)], subject_rows.z.to_numpy(), offset,
+                                           offset + scale, reference, spacing))
                     with write_atomic(target_path) as tmp:
-                        nib.save(volume, str(tmp))
+                        nib.save(volumes[-1], str(tmp))
+                scores = {} if truths is None else grid_scores(truth[contrasts[t]], volumes[0].get_fdata(
+                    dtype=np.float32), tumour, brain)
                 written.append({"subject": subject, "scenario": scenario_name(available), "target": contrasts[t],
                                 "n_inputs": int(available.sum()), "path": str(path),
-                                "std_path": str(std_path(path)) if samples else ""})
+                                "std_path": str(std_path(path)) if samples else "", **scores})
     table = pd.DataFrame(written)
     with write_atomic(out_dir / "imputed.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False)

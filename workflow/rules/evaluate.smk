@@ -50,12 +50,13 @@ rule impute_test_subjects:
     input:
         store=f"{OUT}/slices/store.json",
         model=f"{OUT}/models/{{experiment}}/stage2.pt",
-        references=lambda wildcards: get_reference_volumes().values(),
+        volumes=lambda wildcards: [f for s in get_store_subjects() for f in slice_input_files(s).values()],
     output:
         directory(f"{OUT}/imputed/{{experiment}}"),
     params:
         store=lambda wildcards, input: Path(input.store).parent,
         references=lambda wildcards: json.dumps(get_reference_volumes()),
+        truths=lambda wildcards: json.dumps({s: slice_input_files(s) for s in get_store_subjects()}),
         contrasts=" ".join(CONTRASTS),
         split=config["evaluation"]["split"],
         uncertainty=config["evaluation"]["uncertainty_samples"],
@@ -74,7 +75,8 @@ rule impute_test_subjects:
     shell:
         with_gpus(
             "codebrain impute-split --model {input.model} --store {params.store} --contrasts {params.contrasts}"
-            " --references '{params.references}' --split {params.split} --experiment {wildcards.experiment} {params.tracking}"
+            " --references '{params.references}' --truths '{params.truths}' --split {params.split}"
+            " --experiment {wildcards.experiment} {params.tracking}"
             " --uncertainty-samples {params.uncertainty}"
             " --out-dir {output} > {log} 2>&1"
         )
