@@ -1,0 +1,193 @@
+"""Bytes each network's training step keeps for backward, per sample, by module kind (issue 27, item 1):
+
+    python bench/bench_memory.py                                  # paper model, 32 x 32, batch 2, CPU bf16
+    python bench/bench_memory.py --model tiny --size 32 --batch 2 --out bench/memory-tiny.json
+
+Each step is bench_training.py's (Stage I: generator, the discriminator on [real; fake] and the adversarial
+term; Stage II: E_prior with the grading loss) or the direct regressor's, run once under
+torch.autograd.graph.saved_tensors_hooks. Every tensor autograd saves is counted once per storage (a view saved
+twice is one buffer; a parameter is a weight, not an activation), while it is alive, and charged to the
+innermost module kind that saved it: LayerNorm2d, SimpleGate, channel attention, convolutions, the rest of a
+NAFBlock (x times its channel attention, the residual scales), the discriminator's passes, FSQ, and glue (losses, masking). The peak of the
+live sum is what backward needs at once. The step runs at batches B and 2B: their difference is what a sample
+adds, which scales with pixels to --extrapolate SIZE BATCH; the rest is per step (autocast's bf16 copies of the
+weights); weights, gradients and Adam's two moments (fp32, 16 bytes a parameter) are added whole. bf16 runs under the device's autocast: the CPU's op lists differ from
+CUDA's (CUDA computes pow, sum and softmax in fp32; the CPU in bf16), so on the CPU the count is a lower bound
+for those ops; on a GPU (--device cuda) it counts what CUDA keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import weakref
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench_training import Stage1Step, Stage2Step, model_section
+from codebrain.models.config import ModelConfig
+from codebrain.models.direct import DirectRegressor
+from codebrain.models.fsq import FSQ
+from codebrain.models.losses import psnr_loss
+from codebrain.models.nafnet import LayerNorm2d, NAFBlock, SimpleGate
+from codebrain.models.patchgan import PatchDiscriminator, ReleaseDiscriminator
+
+GIB = 2 ** 30
+
+
+class DirectStep:
+    def __init__(self, cfg: ModelConfig, options: set, device):
+        self.model = DirectRegressor(cfg).to(device)
+        self.networks = [self.model]
+        self.optimisers = [torch.optim.Adam(self.model.parameters(), lr=1e-4)]
+
+    def __call__(self, image, mask, _):
+        loss = psnr_loss(self.model(image * mask[:, :, None, None], mask), image)
+        self.optimisers[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimisers[0].step()
+
+
+STEPS = {"stage1": Stage1Step, "stage2": Stage2Step, "direct": DirectStep}
+
+
+class SavedTensorCount:
+    """The live bytes autograd keeps for backward, per module kind, and their peak."""
+
+    def __init__(self, networks: list[nn.Module]):
+        self.weights = {p.untyped_storage().data_ptr() for net in networks for p in net.parameters()}
+        self.live = {}  # storage pointer -> (weak reference to a tensor on it, bytes, kind)
+        self.stack: list[nn.Module] = []
+        self.attention = {id(m.sca) for net in networks for m in net.modules() if isinstance(m, NAFBlock)}
+        self.discriminators = {id(m) for net in networks for m in net.modules() if isinstance(m, (PatchDiscriminator, ReleaseDiscriminator))}
+        self.peak, self.peak_kinds = 0, {}
+        self.handles = [h for net in networks for m in net.modules()
+                        for h in (m.register_forward_pre_hook(self.enter), m.register_forward_hook(self.leave))]
+
+    def enter(self, module, _):
+        self.stack.append(module)
+
+    def leave(self, module, _, __):
+        self.stack.pop()
+
+    def kind(self) -> str:
+        if any(id(m) in self.discriminators for m in self.stack):
+            return "discriminator passes"
+        for module in reversed(self.stack):
+            if isinstance(module, LayerNorm2d):
+                return "LayerNorm2d"
+            if isinstance(module, SimpleGate):
+                return "SimpleGate"
+            if id(module) in self.attention:
+                return "channel attention"
+            if isinstance(module, FSQ):
+                return "FSQ"
+            if isinstance(module, nn.Conv2d):
+                return "convolutions"
+            if isinstance(module, NAFBlock):
+                return "NAFBlock products"
+        return "glue (losses, masking, code maps)"
+
+    def pack(self, tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in self.weights and pointer not in self.live:
+            self.live[pointer] = (weakref.ref(tensor), storage.nbytes(), self.kind())
+            self.live = {p: entry for p, entry in self.live.items() if entry[0]() is not None}
+            total = sum(entry[1] for entry in self.live.values())
+            if total > self.peak:
+                kinds = defaultdict(int)
+                for _, nbytes, kind in self.live.values():
+                    kinds[kind] += nbytes
+                self.peak, self.peak_kinds = total, dict(kinds)
+        return tensor
+
+    @contextmanager
+    def counting(self):
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor):
+            yield
+        for handle in self.handles:
+            handle.remove()
+
+
+def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, device) -> dict:
+    """One training step's saved-tensor peak (bytes, by kind) and its fixed bytes (weights, gradients, Adam)."""
+    torch.manual_seed(0)
+    step = STEPS[stage](cfg, set(), device)
+    n = len(cfg.contrasts)
+    image = torch.rand(batch, n, size, size, device=device)
+    mask = torch.rand(batch, n, device=device) > 0.5
+    mask[:, 0] = True
+    if stage == "stage2":
+        h = size // cfg.downsampling
+        levels = torch.tensor(cfg.levels, device=device)[None, None, :, None, None]
+        extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
+    else:
+        extra = torch.randint(0, n, (batch,), device=device)
+    counter = SavedTensorCount(step.networks)
+    with counter.counting(), (torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext()):
+        step(image, mask, extra)
+    parameters = sum(p.numel() for net in step.networks for p in net.parameters())
+    return {"peak_saved_bytes": counter.peak, "by_kind": counter.peak_kinds, "parameters": parameters,
+            "fixed_bytes": 16 * parameters}  # fp32 weights, gradients and Adam's two moments
+
+
+def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int, to_batch: int) -> dict:
+    """Per-sample bytes from the difference of two batch sizes (what one more sample adds), scaled by pixels; the
+    rest (autocast's bf16 copies of the weights, per-step buffers) is per step, and stays as it is."""
+    scale = (to_size / size) ** 2
+    extra = batches[1] - batches[0]
+    kinds = set(small["by_kind"]) | set(large["by_kind"])
+    per_sample = {k: (large["by_kind"].get(k, 0) - small["by_kind"].get(k, 0)) / extra for k in kinds}
+    per_step = {k: small["by_kind"].get(k, 0) - batches[0] * per_sample[k] for k in kinds}
+    by_kind = {k: (per_sample[k] * scale * to_batch + per_step[k]) / GIB for k in kinds}
+    saved = sum(by_kind.values())
+    return {"size": to_size, "batch": to_batch, "saved_gib": saved, "by_kind_gib": by_kind,
+            "per_sample_gib": sum(per_sample.values()) * scale / GIB, "per_step_gib": sum(per_step.values()) / GIB,
+            "total_gib": saved + small["fixed_bytes"] / GIB}
+
+
+def table(results: dict) -> str:
+    kinds = sorted({k for r in results.values() for k in r["at"]["by_kind_gib"]})
+    lines = ["| stage | " + " | ".join(kinds) + " | saved | + weights, grads, Adam | per sample | per step |",
+             "| --- " * (len(kinds) + 5) + "|"]
+    for stage, r in results.items():
+        at = r["at"]
+        cells = [f"{at['by_kind_gib'].get(k, 0):.2f}" for k in kinds]
+        lines.append(f"| {stage} (batch {at['batch']}, {at['size']}^2) | " + " | ".join(cells)
+                     + f" | {at['saved_gib']:.1f} | {at['total_gib']:.1f} | {at['per_sample_gib']:.2f} |"
+                     f" {at['per_step_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="config/models/paper.yaml", help="a model YAML, or 'tiny'")
+    parser.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
+    parser.add_argument("--stages", nargs="+", default=list(STEPS), choices=list(STEPS))
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--extrapolate", nargs=2, type=int, default=[256, 48], metavar=("SIZE", "BATCH"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="JSON of the counts")
+    args = parser.parse_args(argv)
+    cfg = ModelConfig.from_dict({**model_section(args.model), "contrasts": args.contrasts})
+    device = torch.device(args.device)
+    results = {}
+    batches = (args.batch, 2 * args.batch)
+    for stage in args.stages:
+        small, large = (account(stage, cfg, b, args.size, not args.fp32, device) for b in batches)
+        results[stage] = {"measured": {str(b): found for b, found in zip(batches, (small, large))}, "size": args.size,
+                          "at": extrapolated(small, large, args.size, batches, *args.extrapolate)}
+    print(table(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

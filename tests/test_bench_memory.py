@@ -1,0 +1,48 @@
+"""bench/bench_memory.py's saved-tensor count against a hand count: a 1x1 convolution keeps its input, SimpleGate
+keeps both halves of the convolution's output (one storage, counted once), the weight is not an activation, and
+what one more sample adds is separated from what a step keeps whatever the batch."""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench_memory  # noqa: E402
+
+from codebrain.models.nafnet import SimpleGate  # noqa: E402
+
+
+def test_a_convolution_and_a_gate_keep_what_a_hand_count_says():
+    network = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), SimpleGate())
+    counter = bench_memory.SavedTensorCount([network])
+    batch, size = 3, 8
+    image = torch.rand(batch, 1, size, size)
+    with counter.counting():
+        network(image).sum().backward()
+    pixels = batch * size * size
+    assert counter.peak_kinds == {"convolutions": 4 * pixels, "SimpleGate": 4 * 2 * pixels}
+    assert counter.peak == 12 * pixels
+    assert network[0].weight.grad is not None
+
+
+def test_per_sample_and_per_step_bytes_come_apart():
+    small = {"by_kind": {"convolutions": 100 + 2 * 10, "glue": 7}, "fixed_bytes": 16}
+    large = {"by_kind": {"convolutions": 100 + 4 * 10, "glue": 7}, "fixed_bytes": 16}
+    at = bench_memory.extrapolated(small, large, size=8, batches=(2, 4), to_size=16, to_batch=10)
+    gib = bench_memory.GIB
+    assert at["per_sample_gib"] * gib == pytest.approx(10 * 4)  # 10 bytes a sample at 8^2, four times the pixels
+    assert at["per_step_gib"] * gib == pytest.approx(107)
+    assert at["saved_gib"] * gib == pytest.approx(40 * 10 + 107)
+    assert at["total_gib"] * gib == pytest.approx(40 * 10 + 107 + 16)
+
+
+def test_the_tiny_models_steps_are_counted():
+    cfg = bench_memory.ModelConfig.from_dict({**bench_memory.model_section("tiny"), "contrasts": ["T1", "T2", "PD"]})
+    found = bench_memory.account("stage2", cfg, batch=1, size=32, bf16=False, device=torch.device("cpu"))
+    assert found["peak_saved_bytes"] == sum(found["by_kind"].values()) > 0
+    assert found["by_kind"]["LayerNorm2d"] > 0 and "discriminator passes" not in found["by_kind"]
+    assert found["fixed_bytes"] == 16 * found["parameters"]
