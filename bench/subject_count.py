@@ -4,9 +4,9 @@
         --out docs/figures/subject-count-brats2018-sample.png
 
 Each experiment is a learner (CodeBrain's protocol, or the direct regressor) at a number of training subjects (its
-`subjects`, else the whole training split). From metrics/summary.csv, the test split's ALL-group scores: the paper's
-2D slice means (PSNR, SSIM) and BraSyn's 3D volume scores; from the checkpoints, the validation PSNR and the step of
-the weights each learner kept (keep: best). Stage I's ceiling is the paper protocol's Stage I. The gap is the direct
+`subjects`, else the whole training split). From metrics/<experiment>/summary.csv (experiments not evaluated yet
+are left out), the test split's ALL-group scores: the paper's 2D slice means (PSNR, SSIM) and BraSyn's 3D volume
+scores; from the checkpoints, the validation PSNR and the step of the weights each learner kept (keep: best). Stage I's ceiling is the paper protocol's Stage I. The gap is the direct
 regressor's test PSNR minus CodeBrain's (paper); a straight line through the gaps against log(subjects) says where it
 would cross zero, if it narrows.
 """
@@ -57,8 +57,12 @@ def study_table(results: Path, config: dict) -> pd.DataFrame:
     """Rows (learner, subjects): test scores, best step, validation PSNR; Stage I's ceiling as learner 'stage1'."""
     store = json.loads((results / "slices" / "store.json").read_text())
     experiments = learners(config, store["splits"]["train"]["subjects"]).set_index("experiment")
-    summary = pd.read_csv(results / "metrics" / "summary.csv")
-    summary = summary[(summary.group == "ALL") & summary.experiment.isin(experiments.index)]
+    found = [name for name in experiments.index if (results / "metrics" / name / "summary.csv").is_file()]
+    if not found:
+        raise SystemExit(f"no experiment of the config has metrics under {results / 'metrics'}")
+    summary = pd.concat([pd.read_csv(results / "metrics" / name / "summary.csv").assign(experiment=name)
+                         for name in found])
+    summary = summary[summary.group == "ALL"]
     rows = []
     for _, row in summary.iterrows():
         method = METHODS.get(row.method)
