@@ -7,8 +7,9 @@ Stage I is one generator step as codebrain/training/stage1.py takes it (E_poster
 D_a, PSNR loss, PatchGAN on [real; fake] and the adversarial term); Stage II is E_prior with the
 grading loss on codes. TFLOP/s counts the forward FLOPs (torch's FlopCounterMode) times 3 for
 forward + backward. Variants add up left to right: fp32, bf16 autocast, channels_last,
-torch.compile, fused Adam; "checkpointing" is bf16 + channels_last with every NAFBlock run under
-activation checkpointing (memory for time). Writes bench/training-<device>.json.
+torch.compile, fused Adam; "checkpointing" is bf16 + channels_last with every NAFBlock recomputed in
+backward (`recompute: blocks`), "elementwise" the same keeping the dense convolutions' outputs
+(`recompute: elementwise`): memory for time. Writes bench/training-<device>.json.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from codebrain.models.config import ModelConfig
 from codebrain.models.losses import psnr_loss
-from codebrain.models.nafnet import checkpoint_blocks
+from codebrain.models.nafnet import set_recompute
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
@@ -40,6 +41,7 @@ VARIANTS = {
     "bf16+channels_last+compile": {"bf16", "channels_last", "compile"},
     "bf16+channels_last+compile+fused_adam": {"bf16", "channels_last", "compile", "fused_adam"},
     "bf16+channels_last+checkpointing": {"bf16", "channels_last", "checkpointing"},
+    "bf16+channels_last+elementwise": {"bf16", "channels_last", "elementwise"},
 }
 
 
@@ -112,7 +114,9 @@ def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, s
     for network in step.networks:
         network.to(memory_format=layout)
         if "checkpointing" in options:
-            checkpoint_blocks(network)
+            set_recompute(network, "blocks")
+        if "elementwise" in options:
+            set_recompute(network, "elementwise")
     call = torch.compile(step.__call__) if "compile" in options else step.__call__
     n = len(cfg.contrasts)
     image = torch.rand(batch, n, size, size, device=device).contiguous(memory_format=layout)

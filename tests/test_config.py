@@ -84,7 +84,7 @@ BAD = [  # (edit, the line's start): a wrong type, an unknown choice, an out-of-
     (setter("experiments", "codebrain", "stage1", "lr", value="fast"), "experiments.codebrain.stage1.lr: 'fast': Input should be a valid number"),
     (setter("experiments", "codebrain", "stage1", "augment", value=["blur"]), "experiments.codebrain.stage1.augment.0: 'blur' is not one of elastic, flip, vflip, rot90, affine"),
     (setter("experiments", "codebrain", "stage2", "gan_start", value=2), "experiments.codebrain.stage2.gan_start: 2: Input should be less than or equal to 1"),
-    (setter("experiments", "codebrain", "stage2", "stpes", value=5), "experiments.codebrain.stage2.stpes: unknown key (allowed keys: activation_checkpointing,"),
+    (setter("experiments", "codebrain", "stage2", "stpes", value=5), "experiments.codebrain.stage2.stpes: unknown key (allowed keys: augment,"),
     (setter("experiments", "tuned", "model", "prior_decode", value="mean"), "experiments.tuned.model.prior_decode: 'mean' is not one of hard, expected"),
     (setter("experiments", "tuned", "stage2", "optimizer", value="sgd"), "experiments.tuned.stage2.optimizer: 'sgd' is not one of adam, adamw"),
     (setter("experiments", "tuned", "stage1", "steps", value=0), "experiments.tuned.stage1.steps: 0: Input should be greater than 0"),
@@ -95,7 +95,7 @@ BAD = [  # (edit, the line's start): a wrong type, an unknown choice, an out-of-
     (setter("experiments", "release", "model", "decoder", value="mlp"), "experiments.release.model.decoder: 'mlp' is not one of unet, release"),
     (setter("experiments", "direct", "stage1", value={"steps": 5}), "experiments.direct.stage1: unknown key (allowed keys: method, model, train)"),
     (setter("experiments", "direct", "train", "steps", value=0), "experiments.direct.train.steps: 0: Input should be greater than 0"),
-    (setter("experiments", "direct", "train", "batch", value=4), "experiments.direct.train.batch: unknown key (allowed keys: activation_checkpointing,"),
+    (setter("experiments", "direct", "train", "batch", value=4), "experiments.direct.train.batch: unknown key (allowed keys: augment,"),
     (setter("experiments", "direct", "model", "width", value=-4), "experiments.direct.model.width: -4: Input should be greater than 0"),
     (setter("experiments", "direct", "train", "grad_clip", value="off"), "experiments.direct.train.grad_clip: 'off': Input should be a valid number"),
 ]

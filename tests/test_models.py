@@ -15,6 +15,7 @@ from codebrain.models.losses import psnr_loss
 from codebrain.models.prior import CodePrior
 from codebrain.models.quantisers import Continuous, VectorQuantiser
 from codebrain.models.reconstructor import Reconstructor
+from helpers import MODEL
 
 TINY = dict(width=4, enc_blocks=[1, 1], dec_blocks=[1, 1], middle_blocks=1, code_dim=3, prior_width=4,
             prior_enc_blocks=[1, 1], prior_middle_blocks=1)
@@ -313,43 +314,114 @@ def test_shipped_configs_validate_and_build(config_file):
         assert size % experiment.model.downsampling == 0, f"{name}: slices.size {size} vs code downsampling"
 
 
-def test_activation_checkpointing_changes_memory_not_results():
-    """A checkpointed Stage I forward + backward gives the same loss and gradients as a plain one, and the
-    training config switches it on for every NAFBlock of the stage's network."""
-    from codebrain.models.nafnet import NAFBlock, checkpoint_blocks
+def plain_layer_norm(self, x):
+    """LayerNorm2d as plain autograd ops: the path before the autograd function, to compare against."""
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    x = (x - mean) / torch.sqrt(var + self.eps)
+    return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def stage1_model() -> Reconstructor:
+    """A tiny Reconstructor whose norms and residual scales are not at their identity start, so that every
+    gradient path carries signal."""
+    torch.manual_seed(0)
+    model = Reconstructor(ModelConfig.from_dict({**MODEL, "contrasts": ["T1", "T2", "PD"]}))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight")):
+                parameter.uniform_(0.5, 1.5)
+            elif name.endswith(("norm1.bias", "norm2.bias")):
+                parameter.uniform_(-0.5, 0.5)
+            elif name.endswith(("beta", "gamma")):
+                parameter.uniform_(-1, 1)
+    return model
+
+
+def stage1_loss_and_grads(model: Reconstructor) -> tuple[float, torch.Tensor]:
+    torch.manual_seed(1)
+    image, mask, anchor = torch.rand(2, 3, 16, 16), torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool), torch.tensor([1, 0])
+    model.zero_grad()
+    reconstruction, _, quantiser_loss = model(image, mask, anchor)
+    loss = psnr_loss(reconstruction, image[torch.arange(2), anchor][:, None]) + quantiser_loss
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def assert_same_gradients(grads, expected):
+    assert (grads - expected).norm() <= 1e-5 * expected.norm()
+
+
+def test_layer_norm_function_matches_the_plain_ops(monkeypatch):
+    """The autograd function's hand-written backward gives the plain ops' loss and gradients (fp32, relative
+    difference <= 1e-5) and passes gradcheck in float64."""
+    from codebrain.models.nafnet import LayerNorm2d, LayerNormFunction
+
+    loss, grads = stage1_loss_and_grads(stage1_model())
+    with monkeypatch.context() as patch:
+        patch.setattr(LayerNorm2d, "forward", plain_layer_norm)
+        plain_loss, plain_grads = stage1_loss_and_grads(stage1_model())
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    assert_same_gradients(grads, plain_grads)
+
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: LayerNormFunction.apply(*a, 1e-6), (x, weight, bias))
+
+
+def test_layer_norm_keeps_one_full_resolution_tensor_for_backward():
+    """x_hat (B x C x H x W) and the variance (B x 1 x H x W) are all it keeps; the plain ops keep three
+    full-resolution tensors."""
+    from codebrain.models.nafnet import LayerNorm2d
+
+    saved = []
+
+    def count(tensor):
+        saved.append(tensor.untyped_storage().nbytes() if not isinstance(tensor, torch.nn.Parameter) else 0)
+        return tensor
+
+    norm = LayerNorm2d(6)
+    x = torch.randn(2, 6, 5, 7, requires_grad=True)
+    b, c, h, w = x.shape
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        out = norm(x)
+    assert sum(saved) == 4 * (b * c * h * w + b * h * w)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        plain_layer_norm(norm, x)
+    assert sum(saved) >= 3 * 4 * b * c * h * w
+    out.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("recompute", ["elementwise", "blocks"])
+def test_recomputation_changes_results_by_nothing(recompute):
+    """A Stage I forward + backward with recomputed NAFBlocks gives the plain path's loss and gradients
+    (bench/bench_memory.py measures what it saves), and the training config sets the mode on every block."""
+    from codebrain.models.nafnet import NAFBlock, set_recompute
     from codebrain.training.config import Experiment
     from codebrain.training.loop import make_accelerator
     from codebrain.training.stage1 import StageOne
-    from helpers import MODEL
 
-    cfg = ModelConfig.from_dict({**MODEL, "contrasts": ["T1", "T2", "PD"]})
-    torch.manual_seed(0)
-    model = Reconstructor(cfg)
-    image, mask, anchor = torch.rand(2, 3, 16, 16), torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool), torch.tensor([1, 0])
+    plain_loss, plain_grads = stage1_loss_and_grads(stage1_model())
+    model = stage1_model()
+    set_recompute(model, recompute)
+    assert {m.recompute for m in model.modules() if isinstance(m, NAFBlock)} == {recompute}
+    loss, grads = stage1_loss_and_grads(model)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    assert_same_gradients(grads, plain_grads)
+    with pytest.raises(ValueError, match="recompute: 'all' is not one of none, elementwise, blocks"):
+        set_recompute(model, "all")
 
-    def loss_and_grads():
-        model.zero_grad()
-        reconstruction, _, quantiser_loss = model(image, mask, anchor)
-        loss = psnr_loss(reconstruction, image[torch.arange(2), anchor][:, None]) + quantiser_loss
-        loss.backward()
-        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    plain_loss, plain_grads = loss_and_grads()
-    checkpoint_blocks(model)
-    assert all(m.checkpointed for m in model.modules() if isinstance(m, NAFBlock))
-    loss, grads = loss_and_grads()
-    assert loss == pytest.approx(plain_loss, rel=1e-6) and torch.allclose(grads, plain_grads, atol=1e-6)
-
-    experiment = Experiment.from_dict({"model": MODEL, "stage1": {"activation_checkpointing": True}}, ["T1", "T2", "PD"])
+    experiment = Experiment.from_dict({"model": MODEL, "stage1": {"recompute": recompute}}, ["T1", "T2", "PD"])
     stage = StageOne(experiment, make_accelerator())
-    flags = [m.checkpointed for m in stage.model.modules() if isinstance(m, NAFBlock)]
-    assert flags and all(flags)
+    assert {m.recompute for m in stage.model.modules() if isinstance(m, NAFBlock)} == {recompute}
 
 
 def test_a_checkpoint_from_before_the_release_rework_still_rebuilds():
     """Checkpoints saved their whole model_config: one with the retired disc_conditional key rebuilds; one of the
     retired 'wide' decoder is refused by name (its layers no longer exist)."""
-    from helpers import MODEL
 
     saved = {**ModelConfig(**MODEL).to_dict(), "disc_conditional": False}
     saved.pop("discriminator")

@@ -110,17 +110,37 @@ def test_killed_run_resumes_where_it_stopped(store, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    """The loop checks its losses only where it syncs anyway (here every third step, at the checkpoints): the
+    error still names the first bad step, and no checkpoint after it is written."""
     store = make_store(tmp_path / "store", nan_slice=5)
     batches = GlobalBatches(16, 4, seed=0, rank=0, world=1)
     bad_step = next(e * 4 + b + 1 for e in range(10) for b, batch in enumerate(batches.epoch(e)) if 5 in batch)
-    config = {"model": MODEL, "stage1": {"steps": 40, "batch_size": 4, "checkpoint_every": 1, "validate_every": 100}}
+    last_good = (bad_step - 1) // 3 * 3
+    config = {"model": MODEL, "stage1": {"steps": 40, "batch_size": 4, "checkpoint_every": 3, "validate_every": 100,
+                                         "log_every": 100}}
     result = run_cli(*stage1_args(store, tmp_path / "m.pt", config, tmp_path), check=False)
     assert result.returncode == 3
-    assert f"error: non-finite loss at step {bad_step}:" in result.stderr
-    if bad_step > 1:
-        assert f"checkpoint-{bad_step - 1}" in result.stderr
-        assert (tmp_path / "m.pt.state" / f"checkpoint-{bad_step - 1}").exists()
+    assert f"error: non-finite loss at step {bad_step}: {{" in result.stderr and "'psnr_loss': nan" in result.stderr
+    if last_good:
+        assert f"checkpoint-{last_good}" in result.stderr
+    saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "m.pt.state").glob("checkpoint-*"))
+    assert max(saved, default=0) == last_good
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_guard_names_the_first_non_finite_step_and_only_its_losses(tmp_path):
+    from codebrain.training.loop import NonFiniteGuard, TrainingDiverged, make_accelerator
+    from codebrain.training.resume import ResumeState
+
+    guard = NonFiniteGuard(make_accelerator(), ResumeState(tmp_path / "m.pt", "config"))
+    guard({"psnr_loss": torch.tensor(-20.0), "quantiser_loss": torch.tensor(0.1)}, step=0)
+    guard({"adversarial_loss": torch.tensor(0.7)}, step=0)
+    guard.check()
+    guard({"psnr_loss": torch.tensor(-21.0), "quantiser_loss": torch.tensor(0.1)}, step=1)
+    guard({"adversarial_loss": torch.tensor(float("inf"))}, step=1)
+    guard({"psnr_loss": torch.tensor(float("nan")), "quantiser_loss": torch.tensor(0.1)}, step=2)
+    with pytest.raises(TrainingDiverged, match=r"step 2: \{'adversarial_loss': inf\}; last good checkpoint: none"):
+        guard.check()
 
 
 def test_code_cache_holds_stage1_codes_of_every_slice(trained, store):

@@ -11,7 +11,33 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
+
+RECOMPUTE = ("none", "elementwise", "blocks")
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """Channel LayerNorm that keeps only x_hat and the variance for backward (NAFNet's own version): the plain ops
+    keep x - mean, its square and x_hat, three full-resolution tensors where this keeps one."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        mean = x.mean(1, keepdim=True)  # B x 1 x H x W
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x_hat = (x - mean) / torch.sqrt(var + eps)  # B x C x H x W
+        ctx.eps = eps
+        ctx.save_for_backward(x_hat, var, weight)
+        return weight[:, None, None] * x_hat + bias[:, None, None]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x_hat, var, weight = ctx.saved_tensors
+        g = weight[:, None, None] * grad_out  # dL/dx_hat
+        # dL/dx = (g - mean_c(g) - x_hat * mean_c(g * x_hat)) / sqrt(var + eps)
+        grad_x = (g - g.mean(1, keepdim=True) - x_hat * (g * x_hat).mean(1, keepdim=True)) / torch.sqrt(var + ctx.eps)
+        return grad_x, (grad_out * x_hat).sum((0, 2, 3)), grad_out.sum((0, 2, 3)), None
 
 
 class LayerNorm2d(nn.Module):
@@ -24,10 +50,7 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        return LayerNormFunction.apply(x, self.weight, self.bias, self.eps)
 
 
 class SimpleGate(nn.Module):
@@ -38,8 +61,19 @@ class SimpleGate(nn.Module):
         return x1 * x2
 
 
+def dense_convolutions_saved(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Keep the outputs of the dense (groups == 1) convolutions, the costly ops; recompute everything else."""
+    if op is torch.ops.aten.convolution.default and args[8] == 1:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def keep_dense_convolutions():
+    return create_selective_checkpoint_contexts(dense_convolutions_saved)
+
+
 class NAFBlock(nn.Module):
-    checkpointed = False  # recompute this block's activations in the backward pass (`checkpoint_blocks`)
+    recompute = "none"  # what the backward pass recomputes instead of keeping: one of RECOMPUTE (`set_recompute`)
 
     def __init__(self, channels: int, dw_expand: int = 2, ffn_expand: int = 2):
         super().__init__()
@@ -57,9 +91,10 @@ class NAFBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, inp):
-        if self.checkpointed and torch.is_grad_enabled():
-            return checkpoint(self.block, inp, use_reentrant=False)
-        return self.block(inp)
+        if self.recompute == "none" or not torch.is_grad_enabled():
+            return self.block(inp)
+        context_fn = keep_dense_convolutions if self.recompute == "elementwise" else noop_context_fn
+        return checkpoint(self.block, inp, use_reentrant=False, context_fn=context_fn)
 
     def block(self, inp):
         x = self.gate(self.conv2(self.conv1(self.norm1(inp))))
@@ -69,12 +104,14 @@ class NAFBlock(nn.Module):
         return y + x * self.gamma
 
 
-def checkpoint_blocks(model: nn.Module, enabled: bool = True) -> None:
-    """Keep no NAFBlock activations for the backward pass, recomputing them instead: memory for time. The paper
-    model's Stage I at batch 48 and 256 x 256 fits one GPU only so (BENCHMARKS.md)."""
+def set_recompute(model: nn.Module, recompute: str) -> None:
+    """Trade NAFBlock memory for time: "elementwise" recomputes the norms, gates and attention but keeps the dense
+    convolutions' outputs (about half a block's saved bytes); "blocks" keeps only each block's input."""
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"recompute: {recompute!r} is not one of {', '.join(RECOMPUTE)}")
     for module in model.modules():
         if isinstance(module, NAFBlock):
-            module.checkpointed = enabled
+            module.recompute = recompute
 
 
 def blocks(channels: int, count: int) -> nn.Sequential:

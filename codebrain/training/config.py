@@ -32,7 +32,8 @@ class TrainConfig(BaseModel):
     weight_decay: NonNegativeFloat = 0.0
     grad_clip: NonNegativeFloat = 1.0  # 0: no clipping (the release)
     precision: Literal["bf16", "fp32"] = "bf16"  # on GPUs (the CPU always trains in fp32); the release: fp32
-    activation_checkpointing: bool = False  # recompute NAFBlock activations in backward: memory for ~10 % time
+    # what NAFBlocks recompute in backward instead of keeping (codebrain.models.nafnet.set_recompute): memory for time
+    recompute: Literal["none", "elementwise", "blocks"] = "none"
     # Stage I only: adversarial term and reconstruction weights
     gan_weight: NonNegativeFloat = 1.0  # lambda; 0 switches the discriminator off
     gan_loss: Literal["vanilla", "lsgan"] = "vanilla"  # vanilla: BCE

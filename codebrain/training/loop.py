@@ -64,8 +64,10 @@ def progress_bar(accelerator, total: int, initial: int, desc: str) -> tqdm:
 
 
 def make_accelerator(precision: str = "bf16") -> Accelerator:
-    """bf16 autocast on GPUs unless the stage asks for fp32; full precision on the CPU."""
+    """bf16 autocast on GPUs unless the stage asks for fp32; full precision on the CPU. Slices have one shape,
+    so cuDNN's autotuner picks each convolution's fastest kernel once."""
     cuda = torch.cuda.is_available()
+    torch.backends.cudnn.benchmark = cuda
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and precision == "bf16" else "no")
 
 
@@ -133,14 +135,33 @@ def optimise(accelerator, optimizer, loss: torch.Tensor, model, grad_clip: float
     optimizer.step()
 
 
-def check_finite(accelerator, losses: dict, step: int, state) -> None:
-    """Stop every process together when any process sees a NaN/inf loss, naming the step."""
-    bad = torch.tensor([0.0 if all(torch.isfinite(v).all() for v in losses.values()) else 1.0],
-                       device=accelerator.device)
-    if accelerator.reduce(bad, "sum").item() > 0:
-        values = {k: float(v) for k, v in losses.items()}
-        raise TrainingDiverged(f"non-finite loss at step {step + 1}: {values}; last good checkpoint: "
-                               f"{state.latest() or 'none (no checkpoint written yet)'}")
+class NonFiniteGuard:
+    """Watches every loss for NaN/inf without a host synchronisation per step: a step's call only records, on
+    the device, the step at which each loss first went non-finite and its value then; `check`, at the loop's
+    sync points (logging, validation, checkpoints), stops every process together, naming the first such step.
+    Weights updated after it are never validated or saved, since every sync point checks first."""
+
+    def __init__(self, accelerator, state: ResumeState):
+        self.accelerator, self.state = accelerator, state
+        self.first_bad: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # loss -> (step + 1 or 0, value then)
+
+    def __call__(self, losses: dict, step: int) -> None:
+        for name, value in losses.items():
+            value = value.detach()
+            step_then, value_then = self.first_bad.get(
+                name, (torch.zeros((), dtype=torch.long, device=value.device), torch.zeros_like(value)))
+            first = (step_then == 0) & ~torch.isfinite(value).all()
+            self.first_bad[name] = torch.where(first, step + 1, step_then), torch.where(first, value, value_then)
+
+    def check(self) -> None:
+        never = torch.iinfo(torch.long).max
+        steps = [torch.where(s > 0, s, never) for s, _ in self.first_bad.values()]
+        here = torch.stack(steps).min() if steps else torch.tensor(never)
+        step = int(self.accelerator.gather(here.to(self.accelerator.device)[None]).min())  # over processes
+        if step != never:
+            values = {name: float(v) for name, (s, v) in self.first_bad.items() if int(s) == step}
+            raise TrainingDiverged(f"non-finite loss at step {step}: {values}; last good checkpoint: "
+                                   f"{self.state.latest() or 'none (no checkpoint written yet)'}")
 
 
 def counting_flops(work, *args, passes: int = 3) -> tuple[object, int]:
@@ -260,6 +281,7 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
     started, started_step, wall_before, metrics = time.time(), progress.step, progress.wall_s, {}
     flops_key = getattr(stage, "flops_key", lambda batch: None)
     step_flops = {}  # flops_key -> this process's FLOPs of one step, counted on its first such step
+    guard, unsynced_flops = NonFiniteGuard(accelerator, state), 0
     try:
         while progress.step < cfg.steps:
             _, loader = epoch_loader(dataset, batches, progress.step, cfg.num_workers)
@@ -271,17 +293,24 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                                        codes, step)
                 for optimizer, base_lr in stage.optimizers:
                     set_lr(optimizer, cosine_lr(step, cfg, base_lr))
-                guard = partial(check_finite, accelerator, step=step, state=state)
+                step_guard = partial(guard, step=step)
                 key = flops_key(inputs)
                 if key not in step_flops:
-                    losses, step_flops[key] = counted_step(stage, inputs, guard)
+                    losses, step_flops[key] = counted_step(stage, inputs, step_guard)
                 else:
-                    losses = stage.train_step(prepared(stage, inputs), guard)
-                progress.flops += summed_over_processes(accelerator, step_flops[key])
+                    losses = stage.train_step(prepared(stage, inputs), step_guard)
+                unsynced_flops += step_flops[key]
                 progress.step += 1
                 progress.wall_s = wall_before + time.time() - started
 
-                if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
+                logs = progress.step % cfg.log_every == 0 or progress.step == cfg.steps
+                validates = progress.step % cfg.validate_every == 0 or progress.step == cfg.steps
+                saves = progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps
+                if logs or validates or saves:  # the only host synchronisations
+                    guard.check()
+                    progress.flops += summed_over_processes(accelerator, unsynced_flops)
+                    unsynced_flops = 0
+                if logs:
                     samples_per_s = (progress.step - started_step) * cfg.batch_size / (time.time() - started)
                     logged = {f"train/{k}": accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
                     logged.update({"train/lr": stage.optimizers[0][0].param_groups[0]["lr"],
@@ -291,10 +320,10 @@ def fit(stage: Stage, spec: RunSpec, section: dict, resume_key: dict | None = No
                     bar.set_postfix({name: f"{logged[f'train/{name}']:.3f}" for name in losses} |
                                     {"samples_s": f"{samples_per_s:.0f}"}, refresh=False)
                 bar.update(1)
-                if progress.step % cfg.validate_every == 0 or progress.step == cfg.steps:
+                if validates:
                     metrics = validate(accelerator, stage.imputer(), val_slices, contrasts, cfg, tracker, progress.step)
                     keep_if_best(progress, metrics, selected_by, accelerator.unwrap_model(stage.model))
-                if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
+                if saves:
                     state.save(accelerator, progress.step)
                 if progress.step >= cfg.steps:
                     break

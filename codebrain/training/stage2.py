@@ -17,7 +17,7 @@ from codebrain.rebuild import load_stage1
 from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.io import InputError
 from codebrain.models.config import PRIOR_FIELDS, STAGE1_FIELDS, ModelConfig
-from codebrain.models.nafnet import checkpoint_blocks
+from codebrain.models.nafnet import set_recompute
 from codebrain.models.prior import CodePrior
 from codebrain.training.config import Experiment
 from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
@@ -40,7 +40,7 @@ class StageTwo:
         prior = CodePrior(model_config)
         if prior.decoder is not None:  # fine-tuned from Stage I's D_a
             prior.decoder.load_state_dict(stage1.decoder.state_dict())
-        checkpoint_blocks(prior, self.cfg.activation_checkpointing)
+        set_recompute(prior, self.cfg.recompute)
         optimizer = make_optimizer(prior.parameters(), self.cfg)
         self.model, self.optimizer = accelerator.prepare(prior, optimizer)  # E_prior
         self.optimizers = [(self.optimizer, self.cfg.lr)]
