@@ -14,11 +14,18 @@ adds, which scales with pixels to --extrapolate SIZE BATCH; the rest is per step
 weights); weights, gradients and Adam's two moments (fp32, 16 bytes a parameter) are added whole. bf16 runs under the device's autocast: the CPU's op lists differ from
 CUDA's (CUDA computes pow, sum and softmax in fp32; the CPU in bf16), so on the CPU the count is a lower bound
 for those ops; on a GPU (--device cuda) it counts what CUDA keeps.
+
+Each step runs under every NAFBlock recompute mode (--recompute; codebrain.models.nafnet.set_recompute). The
+saved-tensor hooks do not see inside a checkpoint (it keeps its tensors under hooks of its own), so for
+"elementwise" and "blocks" the per-kind columns are what is kept outside the blocks; the allocator's peak
+(AllocatorPeak: glibc's heap on the CPU, CUDA's allocator on a GPU) is what compares the modes, gradients and
+backward's transients included.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import weakref
 from collections import defaultdict
@@ -27,13 +34,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench_training import Stage1Step, Stage2Step, model_section
 from codebrain.models.config import ModelConfig
 from codebrain.models.direct import DirectRegressor
 from codebrain.models.fsq import FSQ
 from codebrain.models.losses import psnr_loss
-from codebrain.models.nafnet import LayerNorm2d, NAFBlock, SimpleGate
+from codebrain.models.nafnet import RECOMPUTE, LayerNorm2d, NAFBlock, SimpleGate, set_recompute
 from codebrain.models.patchgan import PatchDiscriminator, ReleaseDiscriminator
 
 GIB = 2 ** 30
@@ -114,10 +122,51 @@ class SavedTensorCount:
             handle.remove()
 
 
-def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, device) -> dict:
-    """One training step's saved-tensor peak (bytes, by kind) and its fixed bytes (weights, gradients, Adam)."""
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+class AllocatorPeak(TorchDispatchMode):
+    """The most bytes allocated at once while it is entered, above what was allocated when it was entered,
+    sampled after every op: CUDA's allocator count on a GPU; glibc's heap in use (mallinfo2) on the CPU, where
+    torch allocates with malloc. Unlike the saved-tensor count, it sees what recomputation keeps inside its
+    checkpoints, the gradients and backward's transients."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.cuda = device.type == "cuda"
+        if not self.cuda:
+            self.mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+            self.mallinfo2.restype = MallInfo2
+
+    def allocated(self) -> int:
+        if self.cuda:
+            return torch.cuda.memory_allocated()
+        info = self.mallinfo2()
+        return info.uordblks + info.hblkhd  # small chunks in use + mmapped blocks
+
+    def __enter__(self):
+        self.start = self.allocated()
+        self.above_start = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.above_start = max(self.above_start, self.allocated() - self.start)
+        return out
+
+
+def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, device, recompute: str = "none") -> dict:
+    """One training step's saved-tensor peak (bytes, by kind), its fixed bytes (weights, gradients, Adam) and
+    the allocator's peak (bytes above the moment before the networks were built; one unmeasured step first,
+    so that Adam's moments exist)."""
     torch.manual_seed(0)
+    heap = AllocatorPeak(device)
+    start = heap.allocated()
     step = STEPS[stage](cfg, set(), device)
+    for network in step.networks:
+        set_recompute(network, recompute)
     n = len(cfg.contrasts)
     image = torch.rand(batch, n, size, size, device=device)
     mask = torch.rand(batch, n, device=device) > 0.5
@@ -128,12 +177,16 @@ def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, dev
         extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
     else:
         extra = torch.randint(0, n, (batch,), device=device)
+    autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else nullcontext
+    with autocast():
+        step(image, mask, extra)
     counter = SavedTensorCount(step.networks)
-    with counter.counting(), (torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext()):
+    with counter.counting(), autocast(), heap:
         step(image, mask, extra)
     parameters = sum(p.numel() for net in step.networks for p in net.parameters())
     return {"peak_saved_bytes": counter.peak, "by_kind": counter.peak_kinds, "parameters": parameters,
-            "fixed_bytes": 16 * parameters}  # fp32 weights, gradients and Adam's two moments
+            "fixed_bytes": 16 * parameters,  # fp32 weights, gradients and Adam's two moments
+            "allocator_peak_bytes": heap.start + heap.above_start - start, "recompute": recompute}
 
 
 def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int, to_batch: int) -> dict:
@@ -151,16 +204,27 @@ def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], 
             "total_gib": saved + small["fixed_bytes"] / GIB}
 
 
+def allocator_extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int,
+                           to_batch: int) -> dict:
+    """The allocator peak the same way: what one more sample adds, scaled by pixels; the rest (weights,
+    gradients, Adam, per-step buffers) is inside the measured peak already."""
+    per_sample = (large["allocator_peak_bytes"] - small["allocator_peak_bytes"]) / (batches[1] - batches[0])
+    per_step = small["allocator_peak_bytes"] - batches[0] * per_sample
+    return {"per_sample_gib": per_sample * (to_size / size) ** 2 / GIB, "per_step_gib": per_step / GIB,
+            "total_gib": (per_sample * (to_size / size) ** 2 * to_batch + per_step) / GIB}
+
+
 def table(results: dict) -> str:
     kinds = sorted({k for r in results.values() for k in r["at"]["by_kind_gib"]})
-    lines = ["| stage | " + " | ".join(kinds) + " | saved | + weights, grads, Adam | per sample | per step |",
-             "| --- " * (len(kinds) + 5) + "|"]
+    lines = ["| stage, recompute | " + " | ".join(kinds)
+             + " | saved | + weights, grads, Adam | per sample | per step | allocator peak, predicted |",
+             "| --- " * (len(kinds) + 6) + "|"]
     for stage, r in results.items():
         at = r["at"]
         cells = [f"{at['by_kind_gib'].get(k, 0):.2f}" for k in kinds]
         lines.append(f"| {stage} (batch {at['batch']}, {at['size']}^2) | " + " | ".join(cells)
                      + f" | {at['saved_gib']:.1f} | {at['total_gib']:.1f} | {at['per_sample_gib']:.2f} |"
-                     f" {at['per_step_gib']:.2f} |")
+                     f" {at['per_step_gib']:.2f} | {r['allocator']['total_gib']:.1f} |")
     return "\n".join(lines)
 
 
@@ -173,6 +237,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--extrapolate", nargs=2, type=int, default=[256, 48], metavar=("SIZE", "BATCH"))
+    parser.add_argument("--recompute", nargs="+", default=list(RECOMPUTE), choices=RECOMPUTE,
+                        help="NAFBlock recompute modes to measure (codebrain.models.nafnet.set_recompute)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON of the counts")
     args = parser.parse_args(argv)
@@ -181,9 +247,14 @@ def main(argv=None):
     results = {}
     batches = (args.batch, 2 * args.batch)
     for stage in args.stages:
-        small, large = (account(stage, cfg, b, args.size, not args.fp32, device) for b in batches)
-        results[stage] = {"measured": {str(b): found for b, found in zip(batches, (small, large))}, "size": args.size,
-                          "at": extrapolated(small, large, args.size, batches, *args.extrapolate)}
+        for recompute in args.recompute:
+            small, large = (account(stage, cfg, b, args.size, not args.fp32, device, recompute) for b in batches)
+            results[f"{stage}, {recompute}"] = {
+                "measured": {str(b): found for b, found in zip(batches, (small, large))}, "size": args.size,
+                "at": extrapolated(small, large, args.size, batches, *args.extrapolate),
+                "allocator": allocator_extrapolated(small, large, args.size, batches, *args.extrapolate)}
+            print(f"{stage}, {recompute}: allocator peak {results[f'{stage}, {recompute}']['allocator']['total_gib']:.1f}"
+                  " GiB predicted", flush=True)
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
