@@ -8,7 +8,8 @@ Each experiment is a learner (CodeBrain's protocol, or the direct regressor) at 
 are left out), the test split's ALL-group scores: the paper's 2D slice means (PSNR, SSIM) and BraSyn's 3D volume
 scores; from the checkpoints, the validation PSNR and the step of the weights each learner kept (keep: best). Stage I's ceiling is the paper protocol's Stage I. The gap is the direct
 regressor's test PSNR minus CodeBrain's (paper); a straight line through the gaps against log(subjects) says where it
-would cross zero, if it narrows.
+would cross zero, if it narrows. --earlier CSV (an earlier run's subject_count.csv) keeps the rows of experiments
+this run has not evaluated, so a study can be finished on another day, or machine, one learner at a time.
 """
 
 from __future__ import annotations
@@ -146,10 +147,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configfile", nargs="+", required=True, type=Path, help="the run's config files, in order")
     parser.add_argument("--out", type=Path, help="the figure (PNG); default <results>/metrics/subject_count.png")
+    parser.add_argument("--earlier", type=Path, help="an earlier run's subject_count.csv: its rows of experiments "
+                                                      "not evaluated in this run are kept")
     args = parser.parse_args(argv)
     config = merged_config(args.configfile)
     results = Path(config.get("results", "results")) / config["dataset"]["name"]
     table = study_table(results, config)
+    if args.earlier:
+        earlier = pd.read_csv(args.earlier)
+        table = pd.concat([earlier[~earlier.experiment.isin(table.experiment)], table]).sort_values(
+            ["learner", "subjects"], ignore_index=True)
     trend = gap_trend(table)
     table.to_csv(results / "metrics" / "subject_count.csv", index=False, float_format="%.4f")
     figure(table, args.out or results / "metrics" / "subject_count.png",

@@ -369,6 +369,20 @@ def test_subject_count_study_reads_each_learners_scores_steps_and_validation(wor
 
     assert plt.imread(figure)[..., :3].std() > 0.05  # drawn, not blank
 
+    # --earlier: an earlier run's rows are kept for experiments this run did not evaluate, replaced for the rest
+    earlier = table.reset_index()
+    earlier.loc[earlier.learner == "paper", "psnr"] = -1.0
+    tuned = earlier[earlier.learner == "paper"].assign(learner="tuned", experiment="codebrain-tuned-elsewhere", psnr=30.0)
+    pd.concat([earlier, tuned]).to_csv(tmp_path / "earlier.csv", index=False)
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "subject_count.py"), "--configfile", TINY,
+                             "--out", figure, "--earlier", tmp_path / "earlier.csv"], cwd=path, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = pd.read_csv(results / "metrics" / "subject_count.csv").set_index("learner")
+    assert sorted(merged.index) == ["direct", "paper", "stage1", "tuned"]
+    assert merged.loc["tuned", "psnr"] == 30.0
+    assert merged.loc["paper", "psnr"] == pytest.approx(table.loc["paper", "psnr"], abs=1e-4)
+
 
 def test_subject_count_trend_crosses_where_the_line_through_the_gaps_does():
     """Gaps of 3, 2 and 1 dB at 4, 8 and 16 subjects fall 1 dB per doubling: zero at 32 subjects."""
