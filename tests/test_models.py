@@ -428,3 +428,30 @@ def test_a_checkpoint_from_before_the_release_rework_still_rebuilds():
     assert ModelConfig.from_dict(saved).discriminator == "pix2pix"
     with pytest.raises(ValueError, match="decoder 'wide' .* retired"):
         ModelConfig.from_dict({**saved, "decoder": "wide"})
+
+
+def test_a_training_steps_forward_and_loss_trace_without_a_graph_break():
+    """torch.compile sees Stage I's generator loss (recomputed blocks under the selective policy included) and
+    Stage II's grading loss as one graph each: regional or whole compilation never falls back to eager there
+    (backward is traced from these graphs by AOT autograd)."""
+    from codebrain.models.nafnet import set_recompute
+
+    cfg = ModelConfig.from_dict({**MODEL, "contrasts": ["T1", "T2", "PD"]})
+    model, prior = Reconstructor(cfg), CodePrior(cfg)
+    set_recompute(model, "elementwise")
+    image, mask, anchor = torch.rand(2, 3, 16, 16), torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool), torch.tensor([1, 0])
+    h = 16 // cfg.downsampling
+    codes = (torch.rand(2, cfg.n_code_maps, cfg.code_dim, h, h) * torch.tensor(cfg.levels)[None, None, :, None, None]
+             ).to(torch.uint8)
+
+    def stage1_loss(image, mask, anchor):
+        reconstruction, _, quantiser_loss = model(image, mask, anchor)
+        return psnr_loss(reconstruction, image[torch.arange(2), anchor][:, None]) + quantiser_loss
+
+    def stage2_loss(image, mask, codes):
+        return prior.loss(prior(image * mask[:, :, None, None], mask), codes)
+
+    for loss, extra in ((stage1_loss, anchor), (stage2_loss, codes)):
+        explained = torch._dynamo.explain(loss)(image, mask, extra)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()

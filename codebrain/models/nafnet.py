@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 RECOMPUTE = ("none", "elementwise", "blocks")
 
@@ -93,8 +93,9 @@ class NAFBlock(nn.Module):
     def forward(self, inp):
         if self.recompute == "none" or not torch.is_grad_enabled():
             return self.block(inp)
-        context_fn = keep_dense_convolutions if self.recompute == "elementwise" else noop_context_fn
-        return checkpoint(self.block, inp, use_reentrant=False, context_fn=context_fn)
+        if self.recompute == "elementwise":
+            return checkpoint(self.block, inp, use_reentrant=False, context_fn=keep_dense_convolutions)
+        return checkpoint(self.block, inp, use_reentrant=False)  # dynamo traces no explicit noop_context_fn
 
     def block(self, inp):
         x = self.gate(self.conv2(self.conv1(self.norm1(inp))))
@@ -112,6 +113,15 @@ def set_recompute(model: nn.Module, recompute: str) -> None:
     for module in model.modules():
         if isinstance(module, NAFBlock):
             module.recompute = recompute
+
+
+def compile_blocks(model: nn.Module, mode: str | None = None) -> None:
+    """Regional compilation: torch.compile each NAFBlock, not the whole model, so that every block shape compiles
+    once and the rest stays eager (a whole Stage I had not compiled after 230 s on an H200, BENCHMARKS.md).
+    mode="reduce-overhead" adds CUDA graphs on a GPU."""
+    for module in model.modules():
+        if isinstance(module, NAFBlock):
+            module.compile(mode=mode)
 
 
 def blocks(channels: int, count: int) -> nn.Sequential:

@@ -8,9 +8,9 @@ from accelerate.utils import set_seed
 from codebrain.evaluation.scenarios import DirectImputer
 from codebrain.models.direct import DirectRegressor
 from codebrain.models.losses import psnr_loss, reconstruction_weights
-from codebrain.models.nafnet import set_recompute
 from codebrain.training.config import DirectExperiment
-from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
+from codebrain.training.loop import (RunSpec, TrainingBatch, configure_blocks, fit, make_accelerator, make_optimizer,
+                                     optimise)
 
 
 class DirectStage:
@@ -20,7 +20,7 @@ class DirectStage:
         self.cfg, self.model_config, self.accelerator = experiment.train, experiment.model, accelerator
         set_seed(self.cfg.seed)
         model = DirectRegressor(self.model_config)
-        set_recompute(model, self.cfg.recompute)
+        configure_blocks(model, self.cfg)
         optimizer = make_optimizer(model.parameters(), self.cfg)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.optimizers = [(self.optimizer, self.cfg.lr)]

@@ -30,6 +30,7 @@ from codebrain.checkpoints import save_checkpoint
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
 from codebrain.io import InputError
+from codebrain.models.nafnet import compile_blocks, set_recompute
 from codebrain.registry import RANKED_BY
 from codebrain.tracking.tracker import Tracker
 from codebrain.provenance import config_hash
@@ -123,6 +124,13 @@ def set_lr(optimizer, lr: float) -> None:
 def make_optimizer(parameters, cfg: TrainConfig, lr: float | None = None, betas=None):
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return kind(parameters, lr=lr or cfg.lr, betas=tuple(betas or cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def configure_blocks(model, cfg: TrainConfig) -> None:
+    """A stage network's NAFBlock path: what backward recomputes, and whether each block is compiled."""
+    set_recompute(model, cfg.recompute)
+    if cfg.compile_blocks:
+        compile_blocks(model)
 
 
 def optimise(accelerator, optimizer, loss: torch.Tensor, model, grad_clip: float) -> None:

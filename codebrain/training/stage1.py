@@ -11,11 +11,11 @@ from accelerate.utils import set_seed
 
 from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.models.losses import pooled_psnr_loss, psnr_loss, reconstruction_weights
-from codebrain.models.nafnet import set_recompute
 from codebrain.models.patchgan import adversarial_loss, build_discriminator
 from codebrain.models.reconstructor import Reconstructor
 from codebrain.training.config import Experiment
-from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
+from codebrain.training.loop import (RunSpec, TrainingBatch, configure_blocks, fit, make_accelerator, make_optimizer,
+                                     optimise)
 
 
 class StageOne:
@@ -26,7 +26,7 @@ class StageOne:
         cfg, model_cfg = self.cfg, self.model_config
         set_seed(cfg.seed)  # identical initial weights on every process
         model = Reconstructor(model_cfg)
-        set_recompute(model, cfg.recompute)
+        configure_blocks(model, cfg)
         disc = build_discriminator(model_cfg)
         opt_g = make_optimizer(model.parameters(), cfg)
         opt_d = make_optimizer(disc.parameters(), cfg, lr=cfg.disc_lr, betas=cfg.disc_betas)

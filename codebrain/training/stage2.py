@@ -17,10 +17,10 @@ from codebrain.rebuild import load_stage1
 from codebrain.evaluation.scenarios import CodeBrainImputer
 from codebrain.io import InputError
 from codebrain.models.config import PRIOR_FIELDS, STAGE1_FIELDS, ModelConfig
-from codebrain.models.nafnet import set_recompute
 from codebrain.models.prior import CodePrior
 from codebrain.training.config import Experiment
-from codebrain.training.loop import RunSpec, TrainingBatch, fit, make_accelerator, make_optimizer, optimise
+from codebrain.training.loop import (RunSpec, TrainingBatch, configure_blocks, fit, make_accelerator, make_optimizer,
+                                     optimise)
 
 
 def code_map_weights(scenario_mask: torch.Tensor, missing_weight: float) -> torch.Tensor | None:
@@ -40,7 +40,7 @@ class StageTwo:
         prior = CodePrior(model_config)
         if prior.decoder is not None:  # fine-tuned from Stage I's D_a
             prior.decoder.load_state_dict(stage1.decoder.state_dict())
-        set_recompute(prior, self.cfg.recompute)
+        configure_blocks(prior, self.cfg)
         optimizer = make_optimizer(prior.parameters(), self.cfg)
         self.model, self.optimizer = accelerator.prepare(prior, optimizer)  # E_prior
         self.optimizers = [(self.optimizer, self.cfg.lr)]
