@@ -7,9 +7,11 @@ Stage I is one generator step as codebrain/training/stage1.py takes it (E_poster
 D_a, PSNR loss, PatchGAN on [real; fake] and the adversarial term); Stage II is E_prior with the
 grading loss on codes. TFLOP/s counts the forward FLOPs (torch's FlopCounterMode) times 3 for
 forward + backward. Variants add up left to right: fp32, bf16 autocast, channels_last,
-torch.compile, fused Adam; "checkpointing" is bf16 + channels_last with every NAFBlock recomputed in
+torch.compile, fused Adam; "regional_compile" compiles each NAFBlock instead (nafnet.compile_blocks),
+"cuda_graphs" the same in mode reduce-overhead; "checkpointing" is bf16 + channels_last with every NAFBlock recomputed in
 backward (`recompute: blocks`), "elementwise" the same keeping the dense convolutions' outputs
-(`recompute: elementwise`): memory for time. Writes bench/training-<device>.json.
+(`recompute: elementwise`): memory for time. The numerical check (--check-batch) compares each variant's generator
+gradient with the same precision's eager path. Writes bench/training-<device>.json.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from codebrain.models.config import ModelConfig
 from codebrain.models.losses import psnr_loss
-from codebrain.models.nafnet import set_recompute
+from codebrain.models.nafnet import compile_blocks, set_recompute
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
@@ -42,7 +44,12 @@ VARIANTS = {
     "bf16+channels_last+compile+fused_adam": {"bf16", "channels_last", "compile", "fused_adam"},
     "bf16+channels_last+checkpointing": {"bf16", "channels_last", "checkpointing"},
     "bf16+channels_last+elementwise": {"bf16", "channels_last", "elementwise"},
+    "fp32+regional_compile": {"regional_compile"},
+    "bf16+channels_last+elementwise+regional_compile": {"bf16", "channels_last", "elementwise", "regional_compile"},
+    "bf16+channels_last+elementwise+cuda_graphs": {"bf16", "channels_last", "elementwise", "cuda_graphs"},
 }
+GPU_ONLY = {"bf16", "compile", "fused_adam", "cuda_graphs"}  # on the CPU: fp32 only, eager or regional compile
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}  # gradient vs the same precision's eager path, relative (our bounds)
 
 
 class Stage1Step:
@@ -55,17 +62,26 @@ class Stage1Step:
                            for m in self.networks]
         self.n = n
 
-    def __call__(self, image, mask, anchor):
-        opt_g, opt_d = self.optimisers
+    def reconstruction_loss(self, image, mask, anchor):
         reconstruction, _, quantiser_loss = self.model(image, mask, anchor)
         target = image[torch.arange(len(image), device=image.device), anchor][:, None]
+        return reconstruction, target, psnr_loss(reconstruction, target) + quantiser_loss
+
+    def generator_loss(self, image, mask, anchor):
+        """The loss the numerical check differentiates: the generator's, through D."""
+        reconstruction, _, loss = self.reconstruction_loss(image, mask, anchor)
+        return loss + adversarial_loss(self.disc(reconstruction), True)
+
+    def __call__(self, image, mask, anchor):
+        opt_g, opt_d = self.optimisers
+        reconstruction, target, loss = self.reconstruction_loss(image, mask, anchor)
         logits = self.disc(torch.cat([target, reconstruction.detach()]))
         real, fake = logits.chunk(2)
         disc_loss = 0.5 * (adversarial_loss(real, True) + adversarial_loss(fake, False))
         opt_d.zero_grad(set_to_none=True)
         disc_loss.backward()
         opt_d.step()
-        loss = psnr_loss(reconstruction, target) + quantiser_loss + adversarial_loss(self.disc(reconstruction), True)
+        loss = loss + adversarial_loss(self.disc(reconstruction), True)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
@@ -77,8 +93,11 @@ class Stage2Step:
         self.networks = [self.prior]
         self.optimisers = [torch.optim.Adam(self.prior.parameters(), lr=1e-4, fused="fused_adam" in options)]
 
+    def generator_loss(self, image, mask, codes):
+        return self.prior.loss(self.prior(image * mask[:, :, None, None], mask), codes)
+
     def __call__(self, image, mask, codes):
-        loss = self.prior.loss(self.prior(image * mask[:, :, None, None], mask), codes)
+        loss = self.generator_loss(image, mask, codes)
         self.optimisers[0].zero_grad(set_to_none=True)
         loss.backward()
         self.optimisers[0].step()
@@ -106,8 +125,8 @@ def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
     return counter.get_total_flops() * batch
 
 
-def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, steps: int, warmup: int,
-            device, profile: Path | None = None) -> dict:
+def built(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, device):
+    """A variant's step (seeded: every variant starts from the same weights) and its inputs."""
     torch.manual_seed(0)
     step = (Stage1Step if stage == "stage1" else Stage2Step)(cfg, options, device)
     layout = torch.channels_last if "channels_last" in options else torch.contiguous_format
@@ -117,7 +136,8 @@ def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, s
             set_recompute(network, "blocks")
         if "elementwise" in options:
             set_recompute(network, "elementwise")
-    call = torch.compile(step.__call__) if "compile" in options else step.__call__
+        if options & {"regional_compile", "cuda_graphs"}:
+            compile_blocks(network, mode="reduce-overhead" if "cuda_graphs" in options else None)
     n = len(cfg.contrasts)
     image = torch.rand(batch, n, size, size, device=device).contiguous(memory_format=layout)
     mask = torch.rand(batch, n, device=device) > 0.5
@@ -128,6 +148,25 @@ def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, s
         h = size // cfg.downsampling
         levels = torch.tensor(cfg.levels, device=device)[None, None, :, None, None]
         extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
+    return step, (image, mask, extra)
+
+
+def gradient_difference(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, device) -> float:
+    """The numerical check: the first network's gradient of the generator loss under the variant against the
+    same precision's eager, contiguous path, ||g - g_eager|| / ||g_eager||."""
+    grads = []
+    for variant in (options, options & {"bf16"}):
+        step, inputs = built(stage, cfg, variant, batch, size, device)
+        with torch.autocast(device.type, torch.bfloat16) if "bf16" in variant else nullcontext():
+            step.generator_loss(*inputs).backward()
+        grads.append(torch.cat([p.grad.float().flatten() for p in step.networks[0].parameters() if p.grad is not None]))
+    return float((grads[0] - grads[1]).norm() / grads[1].norm())
+
+
+def measure(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, steps: int, warmup: int,
+            device, profile: Path | None = None) -> dict:
+    step, (image, mask, extra) = built(stage, cfg, options, batch, size, device)
+    call = torch.compile(step.__call__) if "compile" in options else step.__call__
     autocast = torch.autocast(device.type, torch.bfloat16) if "bf16" in options else nullcontext()
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -178,6 +217,8 @@ def main(argv=None):
     parser.add_argument("--profile", nargs="*", default=[], choices=list(VARIANTS),
                         help="variants to profile (top kernels, appended to --profile-out)")
     parser.add_argument("--profile-out", default="bench/profile.txt")
+    parser.add_argument("--check-batch", type=int, default=2,
+                        help="batch of the numerical check (each variant's gradient against eager); 0: no check")
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error("--warmup must be at least 1 (the first step compiles and autotunes)")
@@ -189,8 +230,8 @@ def main(argv=None):
     print(f"{'stage':<7} {'variant':<40} {'samples/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}")
     for stage in args.stages:
         for name in args.variants:
-            if device.type == "cpu" and VARIANTS[name] & {"bf16", "compile", "fused_adam"}:
-                continue  # GPU variants; on the CPU only fp32 and layout/checkpointing are meaningful
+            if device.type == "cpu" and VARIANTS[name] & GPU_ONLY:
+                continue
             try:
                 profile = Path(args.profile_out) if name in args.profile else None
                 row = {"variant": name, **measure(stage, cfg, VARIANTS[name], args.batch, args.size, args.steps,
@@ -201,10 +242,16 @@ def main(argv=None):
                 torch.compiler.reset()
                 torch.cuda.empty_cache()
                 continue
+            check = ""
+            if args.check_batch:
+                difference = gradient_difference(stage, cfg, VARIANTS[name], args.check_batch, args.size, device)
+                precision = "bf16" if "bf16" in VARIANTS[name] else "fp32"
+                row.update(grad_rel_diff=difference, check_passed=difference <= TOLERANCE[precision])
+                check = f"   gradient vs eager {difference:.1e} ({'pass' if row['check_passed'] else 'FAIL'})"
             rows.append(row)
             memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
             print(f"{stage:<7} {name:<40} {row['samples_per_s']:>10.1f} {row['tflops']:>8.2f} {memory:>9}"
-                  f"   first step {row['first_step_s']:.1f} s", flush=True)
+                  f"   first step {row['first_step_s']:.1f} s{check}", flush=True)
     record = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "model": args.model, "size": args.size, "batch": args.batch,
               "steps": args.steps, "rows": rows}
