@@ -13,7 +13,7 @@ from helpers import REPO
 @pytest.mark.slow
 def test_the_prepared_gpu_script_runs_at_tiny_size(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "MODEL": "tiny", "SIZE": "32", "BATCH": "2", "STEPS": "2",
-           "VARIANT_S": "500", "VARIANTS": "fp32 fp32+regional_compile"}
+           "EAGER_S": "500", "COMPILE_S": "500", "VARIANTS": "fp32 fp32+regional_compile"}
     result = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "training.json").read_text())["rows"]
