@@ -17,15 +17,14 @@ for those ops; on a GPU (--device cuda) it counts what CUDA keeps.
 
 Each step runs under every NAFBlock recompute mode (--recompute; codebrain.models.nafnet.set_recompute). The
 saved-tensor hooks do not see inside a checkpoint (it keeps its tensors under hooks of its own), so for
-"elementwise" and "blocks" the per-kind columns are what is kept outside the blocks; the allocator's peak
-(AllocatorPeak: glibc's heap on the CPU, CUDA's allocator on a GPU) is what compares the modes, gradients and
-backward's transients included.
+"elementwise" and "blocks" the per-kind columns are what is kept outside the blocks; the live-tensor peak
+(LivePeak: every tensor the step makes, alive at once, checked after each op) is what compares the modes,
+gradients and backward's transients included.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import weakref
 from collections import defaultdict
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench_training import Stage1Step, Stage2Step, model_section
@@ -122,48 +122,34 @@ class SavedTensorCount:
             handle.remove()
 
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-class AllocatorPeak(TorchDispatchMode):
-    """The most bytes allocated at once while it is entered, above what was allocated when it was entered,
-    sampled after every op: CUDA's allocator count on a GPU; glibc's heap in use (mallinfo2) on the CPU, where
-    torch allocates with malloc. Unlike the saved-tensor count, it sees what recomputation keeps inside its
-    checkpoints, the gradients and backward's transients."""
-
-    def __init__(self, device):
-        super().__init__()
-        self.cuda = device.type == "cuda"
-        if not self.cuda:
-            self.mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-            self.mallinfo2.restype = MallInfo2
-
-    def allocated(self) -> int:
-        if self.cuda:
-            return torch.cuda.memory_allocated()
-        info = self.mallinfo2()
-        return info.uordblks + info.hblkhd  # small chunks in use + mmapped blocks
+class LivePeak(TorchDispatchMode):
+    """The most bytes of tensors made inside it that are alive at once, checked after every op (forward,
+    recomputation and backward alike), each storage once. Unlike the saved-tensor count it sees what a
+    checkpoint keeps under its own hooks, the gradients and backward's transients; unlike an allocator's count
+    it is exact at any size (what kernels allocate outside tensors, such as a convolution's scratch, is not in it)."""
 
     def __enter__(self):
-        self.start = self.allocated()
-        self.above_start = 0
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # data pointer -> (storage, bytes)
+        self.peak = 0
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.above_start = max(self.above_start, self.allocated() - self.start)
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                known = self.live.get(storage.data_ptr())
+                if known is None or known[0].expired():  # a new storage (perhaps at a freed one's address)
+                    self.live[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+        self.live = {pointer: entry for pointer, entry in self.live.items() if not entry[0].expired()}
+        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
         return out
 
 
 def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, device, recompute: str = "none") -> dict:
     """One training step's saved-tensor peak (bytes, by kind), its fixed bytes (weights, gradients, Adam) and
-    the allocator's peak (bytes above the moment before the networks were built; one unmeasured step first,
-    so that Adam's moments exist)."""
+    the peak of the tensors it makes (after one unmeasured step, so that Adam's moments exist)."""
     torch.manual_seed(0)
-    heap = AllocatorPeak(device)
-    start = heap.allocated()
     step = STEPS[stage](cfg, set(), device)
     for network in step.networks:
         set_recompute(network, recompute)
@@ -180,13 +166,13 @@ def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, dev
     autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else nullcontext
     with autocast():
         step(image, mask, extra)
-    counter = SavedTensorCount(step.networks)
-    with counter.counting(), autocast(), heap:
+    counter, made = SavedTensorCount(step.networks), LivePeak()
+    with counter.counting(), autocast(), made:
         step(image, mask, extra)
     parameters = sum(p.numel() for net in step.networks for p in net.parameters())
     return {"peak_saved_bytes": counter.peak, "by_kind": counter.peak_kinds, "parameters": parameters,
             "fixed_bytes": 16 * parameters,  # fp32 weights, gradients and Adam's two moments
-            "allocator_peak_bytes": heap.start + heap.above_start - start, "recompute": recompute}
+            "live_peak_bytes": made.peak, "recompute": recompute}
 
 
 def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int, to_batch: int) -> dict:
@@ -204,27 +190,28 @@ def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], 
             "total_gib": saved + small["fixed_bytes"] / GIB}
 
 
-def allocator_extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int,
-                           to_batch: int) -> dict:
-    """The allocator peak the same way: what one more sample adds, scaled by pixels; the rest (weights,
-    gradients, Adam, per-step buffers) is inside the measured peak already."""
-    per_sample = (large["allocator_peak_bytes"] - small["allocator_peak_bytes"]) / (batches[1] - batches[0])
-    per_step = small["allocator_peak_bytes"] - batches[0] * per_sample
+def live_extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int,
+                      to_batch: int) -> dict:
+    """The live-tensor peak the same way: what one more sample adds, scaled by pixels, plus the per-step rest,
+    plus the weights, gradients and Adam's moments made before the step (16 bytes a parameter: an upper bound
+    by the gradients' 4 bytes, which the step remakes after freeing the previous step's)."""
+    per_sample = (large["live_peak_bytes"] - small["live_peak_bytes"]) / (batches[1] - batches[0])
+    per_step = small["live_peak_bytes"] - batches[0] * per_sample
     return {"per_sample_gib": per_sample * (to_size / size) ** 2 / GIB, "per_step_gib": per_step / GIB,
-            "total_gib": (per_sample * (to_size / size) ** 2 * to_batch + per_step) / GIB}
+            "total_gib": (per_sample * (to_size / size) ** 2 * to_batch + per_step + small["fixed_bytes"]) / GIB}
 
 
 def table(results: dict) -> str:
     kinds = sorted({k for r in results.values() for k in r["at"]["by_kind_gib"]})
     lines = ["| stage, recompute | " + " | ".join(kinds)
-             + " | saved | + weights, grads, Adam | per sample | per step | allocator peak, predicted |",
+             + " | saved | + weights, grads, Adam | per sample | per step | live peak, predicted |",
              "| --- " * (len(kinds) + 6) + "|"]
     for stage, r in results.items():
         at = r["at"]
         cells = [f"{at['by_kind_gib'].get(k, 0):.2f}" for k in kinds]
         lines.append(f"| {stage} (batch {at['batch']}, {at['size']}^2) | " + " | ".join(cells)
                      + f" | {at['saved_gib']:.1f} | {at['total_gib']:.1f} | {at['per_sample_gib']:.2f} |"
-                     f" {at['per_step_gib']:.2f} | {r['allocator']['total_gib']:.1f} |")
+                     f" {at['per_step_gib']:.2f} | {r['live']['total_gib']:.1f} |")
     return "\n".join(lines)
 
 
@@ -252,8 +239,8 @@ def main(argv=None):
             results[f"{stage}, {recompute}"] = {
                 "measured": {str(b): found for b, found in zip(batches, (small, large))}, "size": args.size,
                 "at": extrapolated(small, large, args.size, batches, *args.extrapolate),
-                "allocator": allocator_extrapolated(small, large, args.size, batches, *args.extrapolate)}
-            print(f"{stage}, {recompute}: allocator peak {results[f'{stage}, {recompute}']['allocator']['total_gib']:.1f}"
+                "live": live_extrapolated(small, large, args.size, batches, *args.extrapolate)}
+            print(f"{stage}, {recompute}: live peak {results[f'{stage}, {recompute}']['live']['total_gib']:.1f}"
                   " GiB predicted", flush=True)
     print(table(results))
     if args.out:
