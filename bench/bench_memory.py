@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench_training import Stage1Step, Stage2Step, model_section
@@ -123,18 +124,37 @@ class SavedTensorCount:
 
 
 class LivePeak(TorchDispatchMode):
-    """The most bytes of tensors made inside it that are alive at once, checked after every op (forward,
-    recomputation and backward alike), each storage once. Unlike the saved-tensor count it sees what a
-    checkpoint keeps under its own hooks, the gradients and backward's transients; unlike an allocator's count
-    it is exact at any size (what kernels allocate outside tensors, such as a convolution's scratch, is not in it)."""
+    """The most bytes alive at once of the tensors the forward passes make (and the recomputation inside
+    backward), each storage once, checked after every op. That is what grows with the batch. What backward
+    makes (the gradients) and what the optimiser step makes are not counted: their parameter-sized tensors
+    dominate a small batch's peak and are added whole instead (weights, gradients, Adam's moments: 16 bytes a
+    parameter); backward's in-flight activation gradients are the part of a true peak this leaves out. Unlike
+    the saved-tensor count it sees what a checkpoint keeps under its own hooks; unlike an allocator's count it
+    is exact at any size."""
 
     def __enter__(self):
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # data pointer -> (storage, bytes)
-        self.peak = 0
+        self.peak, self.optimising = 0, False
+        self.hooks = [register_optimizer_step_pre_hook(lambda *_: self.optimise(True)),
+                      register_optimizer_step_post_hook(lambda *_: self.optimise(False))]
         return super().__enter__()
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+        return super().__exit__(*exc)
+
+    def optimise(self, started: bool) -> None:
+        self.optimising = started
+
+    def forward_pass(self) -> bool:
+        in_backward = torch._C._current_graph_task_id() != -1
+        return not self.optimising and (not in_backward or torch.is_grad_enabled())  # recomputation records
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if not self.forward_pass():
+            return out
         for tensor in torch.utils._pytree.tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
                 storage = tensor.untyped_storage()
@@ -193,8 +213,7 @@ def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], 
 def live_extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int,
                       to_batch: int) -> dict:
     """The live-tensor peak the same way: what one more sample adds, scaled by pixels, plus the per-step rest,
-    plus the weights, gradients and Adam's moments made before the step (16 bytes a parameter: an upper bound
-    by the gradients' 4 bytes, which the step remakes after freeing the previous step's)."""
+    plus the weights, gradients and Adam's moments made before the step (16 bytes a parameter)."""
     per_sample = (large["live_peak_bytes"] - small["live_peak_bytes"]) / (batches[1] - batches[0])
     per_step = small["live_peak_bytes"] - batches[0] * per_sample
     return {"per_sample_gib": per_sample * (to_size / size) ** 2 / GIB, "per_step_gib": per_step / GIB,

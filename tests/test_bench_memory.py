@@ -51,15 +51,25 @@ def test_the_tiny_models_steps_are_counted():
     assert found["live_peak_bytes"] + inputs >= found["peak_saved_bytes"]
 
 
-def test_the_live_peak_counts_a_transient_once_and_not_what_was_made_before():
-    before = torch.ones(2 ** 20)  # 4 MiB, made outside: not counted
+def test_the_live_peak_counts_what_the_forward_makes_alive_at_once():
+    """A view is its storage, counted once; what was made before the step, by backward (the gradients) or by
+    the optimiser step is not counted; a no_grad tensor the forward makes (a loss target) is."""
+    mib = 2 ** 20
+    before = torch.ones(mib // 4)  # 1 MiB, made before
+    weight = torch.nn.Parameter(torch.ones(mib // 4))  # its gradient: 1 MiB, made by backward
+    optimiser = torch.optim.SGD([weight], lr=0.1)
     with bench_memory.LivePeak() as live:
-        made = torch.ones(2 ** 22)  # 16 MiB
-        view = made[: 2 ** 21]  # the same storage
+        made = torch.ones(4 * mib)  # 16 MiB
+        view = made[: 2 * mib]
         del made, view
-        kept = before * 2  # 4 MiB, alive at the end
-    assert live.peak == 16 * 2 ** 20
-    assert sum(nbytes for _, nbytes in live.live.values()) == kept.untyped_storage().nbytes() == 4 * 2 ** 20
+        with torch.no_grad():
+            target = before * 3  # 1 MiB
+        loss = ((weight * before - target) ** 2).sum()  # two 1 MiB products, kept for backward, + a scalar
+        loss.backward()
+        optimiser.step()
+    assert live.peak == 16 * mib
+    assert sorted(nbytes for _, nbytes in live.live.values()) == [4, mib]  # the loss and the target: backward freed the rest
+    assert weight.grad is not None
 
 
 def test_recomputation_keeps_less_at_the_live_peak():
