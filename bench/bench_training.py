@@ -10,7 +10,7 @@ forward + backward. Variants add up left to right: fp32, bf16 autocast, channels
 torch.compile, fused Adam; "regional_compile" compiles each NAFBlock instead (nafnet.compile_blocks),
 "cuda_graphs" the same in mode reduce-overhead; "checkpointing" is bf16 + channels_last with every NAFBlock recomputed in
 backward (`recompute: blocks`), "elementwise" the same keeping the dense convolutions' outputs
-(`recompute: elementwise`): memory for time. The numerical check (--check-batch) compares each variant's generator
+(`recompute: elementwise`), "expansions" keeping only the expanding ones' (`recompute: expansions`): memory for time. The numerical check (--check-batch) compares each variant's generator
 gradient with the same precision's eager path. Writes bench/training-<device>.json.
 """
 
@@ -44,6 +44,7 @@ VARIANTS = {
     "bf16+channels_last+compile+fused_adam": {"bf16", "channels_last", "compile", "fused_adam"},
     "bf16+channels_last+checkpointing": {"bf16", "channels_last", "checkpointing"},
     "bf16+channels_last+elementwise": {"bf16", "channels_last", "elementwise"},
+    "bf16+channels_last+expansions": {"bf16", "channels_last", "expansions"},
     "fp32+regional_compile": {"regional_compile"},
     "bf16+channels_last+elementwise+regional_compile": {"bf16", "channels_last", "elementwise", "regional_compile"},
     "bf16+channels_last+elementwise+cuda_graphs": {"bf16", "channels_last", "elementwise", "cuda_graphs"},
@@ -134,8 +135,9 @@ def built(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, dev
         network.to(memory_format=layout)
         if "checkpointing" in options:
             set_recompute(network, "blocks")
-        if "elementwise" in options:
-            set_recompute(network, "elementwise")
+        for recompute in ("elementwise", "expansions"):
+            if recompute in options:
+                set_recompute(network, recompute)
         if options & {"regional_compile", "cuda_graphs"}:
             compile_blocks(network, mode="reduce-overhead" if "cuda_graphs" in options else None)
     n = len(cfg.contrasts)

@@ -395,7 +395,7 @@ def test_layer_norm_keeps_one_full_resolution_tensor_for_backward():
     assert x.grad is not None
 
 
-@pytest.mark.parametrize("recompute", ["elementwise", "blocks"])
+@pytest.mark.parametrize("recompute", ["elementwise", "expansions", "blocks"])
 def test_recomputation_changes_results_by_nothing(recompute):
     """A Stage I forward + backward with recomputed NAFBlocks gives the plain path's loss and gradients
     (bench/bench_memory.py measures what it saves), and the training config sets the mode on every block."""
@@ -411,7 +411,7 @@ def test_recomputation_changes_results_by_nothing(recompute):
     loss, grads = stage1_loss_and_grads(model)
     assert loss == pytest.approx(plain_loss, rel=1e-6)
     assert_same_gradients(grads, plain_grads)
-    with pytest.raises(ValueError, match="recompute: 'all' is not one of none, elementwise, blocks"):
+    with pytest.raises(ValueError, match="recompute: 'all' is not one of none, elementwise, expansions, blocks"):
         set_recompute(model, "all")
 
     experiment = Experiment.from_dict({"model": MODEL, "stage1": {"recompute": recompute}}, ["T1", "T2", "PD"])

@@ -14,7 +14,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-RECOMPUTE = ("none", "elementwise", "blocks")
+RECOMPUTE = ("none", "elementwise", "expansions", "blocks")
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -62,14 +62,29 @@ class SimpleGate(nn.Module):
 
 
 def dense_convolutions_saved(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    """Keep the outputs of the dense (groups == 1) convolutions, the costly ops; recompute everything else."""
+    """"elementwise": keep the outputs of the dense (groups == 1) convolutions, the costly ops; recompute the rest."""
     if op is torch.ops.aten.convolution.default and args[8] == 1:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def expansions_saved(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """"expansions": keep only the outputs of the expanding convolutions (conv1 and conv4, C -> 2C); conv3 and
+    conv5 (C -> C, a third of a block's dense FLOPs) are recomputed with the element-wise ops."""
+    if op is torch.ops.aten.convolution.default and args[8] == 1 and args[1].shape[0] > args[1].shape[1]:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def keep_dense_convolutions():
     return create_selective_checkpoint_contexts(dense_convolutions_saved)
+
+
+def keep_expansions():
+    return create_selective_checkpoint_contexts(expansions_saved)
+
+
+SELECTIVE = {"elementwise": keep_dense_convolutions, "expansions": keep_expansions}  # checkpoint context_fn
 
 
 class NAFBlock(nn.Module):
@@ -93,8 +108,8 @@ class NAFBlock(nn.Module):
     def forward(self, inp):
         if self.recompute == "none" or not torch.is_grad_enabled():
             return self.block(inp)
-        if self.recompute == "elementwise":
-            return checkpoint(self.block, inp, use_reentrant=False, context_fn=keep_dense_convolutions)
+        if self.recompute in SELECTIVE:
+            return checkpoint(self.block, inp, use_reentrant=False, context_fn=SELECTIVE[self.recompute])
         return checkpoint(self.block, inp, use_reentrant=False)  # dynamo traces no explicit noop_context_fn
 
     def block(self, inp):
@@ -107,7 +122,8 @@ class NAFBlock(nn.Module):
 
 def set_recompute(model: nn.Module, recompute: str) -> None:
     """Trade NAFBlock memory for time: "elementwise" recomputes the norms, gates and attention but keeps the dense
-    convolutions' outputs (about half a block's saved bytes); "blocks" keeps only each block's input."""
+    convolutions' outputs (about half a block's saved bytes); "expansions" keeps only the expanding convolutions'
+    outputs; "blocks" keeps only each block's input (BENCHMARKS.md has each one's bytes)."""
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute: {recompute!r} is not one of {', '.join(RECOMPUTE)}")
     for module in model.modules():

@@ -33,7 +33,7 @@ class TrainConfig(BaseModel):
     grad_clip: NonNegativeFloat = 1.0  # 0: no clipping (the release)
     precision: Literal["bf16", "fp32"] = "bf16"  # on GPUs (the CPU always trains in fp32); the release: fp32
     # what NAFBlocks recompute in backward instead of keeping (codebrain.models.nafnet.set_recompute): memory for time
-    recompute: Literal["none", "elementwise", "blocks"] = "none"
+    recompute: Literal["none", "elementwise", "expansions", "blocks"] = "none"
     compile_blocks: bool = False  # torch.compile each NAFBlock (regional compilation; nafnet.compile_blocks)
     # Stage I only: adversarial term and reconstruction weights
     gan_weight: NonNegativeFloat = 1.0  # lambda; 0 switches the discriminator off
