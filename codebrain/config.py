@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError,
-                      model_validator)
+                      field_validator, model_validator)
 
 from codebrain.data.layouts import LAYOUT_CONTRASTS, MATCHERS
 from codebrain.data.phantom import FLAVOURS, PhantomConfig
@@ -76,10 +76,19 @@ class Tracking(Section):
 
 
 class Training(Section):
-    gpus: NonNegativeInt = 0  # GPUs (= processes) per training job; 0 trains on the CPU
+    # GPUs (= processes) per training job; 0 trains on the CPU; "all": what `--resources gpu=N` allows, else every
+    # visible GPU, at least one (codebrain.workflow.resolve_gpus)
+    gpus: int | str = 0
     cpu_processes: PositiveInt = 1  # data-parallel CPU processes when gpus is 0
     threads: PositiveInt = 2
     mem_mb: Annotated[int, Field(ge=500)] = 8000
+
+    @field_validator("gpus")
+    @classmethod
+    def count_or_all(cls, gpus):
+        if gpus == "all" or (isinstance(gpus, int) and gpus >= 0):
+            return gpus
+        raise ValueError(f"{gpus!r}: not a GPU count (0 or more) nor 'all'")
 
 
 class Evaluation(Section):

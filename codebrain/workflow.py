@@ -25,6 +25,16 @@ def validate_config(config: dict) -> None:
     config.update(filled)
 
 
+def resolve_gpus(config: dict, allowed: int | None) -> None:
+    """training.gpus: "all" becomes a count in place: the invocation's `--resources gpu=N` (`allowed`), else every
+    GPU this machine shows, and at least one (a cluster's login node shows none; a local run on a machine without
+    GPUs is refused at start-up, as a count would be)."""
+    from codebrain.gpus import machine_gpus
+
+    if config["training"]["gpus"] == "all":
+        config["training"]["gpus"] = allowed if allowed is not None else max(1, len(machine_gpus()))
+
+
 def experiment_json(section: dict, stage: str) -> str:
     """The experiment's section as a training step sees it (a rule parameter: a change reruns that step)."""
     return json.dumps(stage_section(section, stage), sort_keys=True)

@@ -107,3 +107,18 @@ def test_claims_are_all_or_nothing(tmp_path, count):
     else:
         assert GpuClaim(count, ["0", "1", "2"], tmp_path, wait_s=0.5).devices == ["2"]
     held.release()
+
+
+@pytest.mark.parametrize("allowed,visible,expected", [(8, "0,1", 8), (None, "0,1,2,3", 4), (None, "", 1), (0, "0", 0)])
+def test_all_gpus_is_what_the_invocation_allows(monkeypatch, allowed, visible, expected):
+    """`training.gpus: all`: --resources gpu=N when given, else the GPUs this machine shows (at least one: a
+    login node shows none, and a local run without GPUs is refused at start-up); a count stays as it is."""
+    from codebrain.workflow import resolve_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    config = {"training": {"gpus": "all"}}
+    resolve_gpus(config, allowed)
+    assert config["training"]["gpus"] == expected
+    config = {"training": {"gpus": 2}}
+    resolve_gpus(config, allowed)
+    assert config["training"]["gpus"] == 2

@@ -4,6 +4,7 @@ BraTS sample checked by sha256, and a copied project reruns nothing and writes n
 
 import functools
 import http.server
+import os
 import re
 import shutil
 import subprocess
@@ -218,3 +219,20 @@ def test_a_copied_project_reruns_nothing_and_logs_into_its_own_store(workdir, tm
     assert runs and all(run.info.artifact_uri.startswith((copy / "results").resolve().as_uri()) for run in runs)
     original_store = MlflowClient(f"sqlite:///{original / 'results' / 'mlflow.db'}")
     assert original_store.get_experiment_by_name("tiny").artifact_location == before
+
+
+@pytest.mark.parametrize("resources,visible,gpus", [(["--resources", "gpu=8"], "", 8), ([], "0,1,2,3", 4)])
+def test_a_shipped_gpu_config_trains_on_every_gpu_the_invocation_allows(tmp_path, resources, visible, gpus):
+    """config/brats.yaml's `gpus: all` over a real-named folder: `--resources gpu=8` plans each training job on
+    eight GPUs (one process each); without it, on the GPUs this (faked) machine shows."""
+    configfile = project(tmp_path, "brats.yaml")
+    brats2023_folder(tmp_path / "data" / "BraTS2023")
+    result = subprocess.run(snakemake_command() + ["-d", str(tmp_path), "-n", "-p", *resources, "--configfile", str(configfile)],
+                            capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = re.split(r"\n(?=(?:local)?rule )", result.stdout + result.stderr)
+    training = [job for job in jobs if re.match(r"(local)?rule train_stage[12]:", job)]
+    assert len(training) == 2
+    for job in training:
+        assert re.search(rf"resources: .*\bgpu={gpus}\b", job), job
+        assert f"--num_processes {gpus}" in job
