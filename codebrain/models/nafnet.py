@@ -110,7 +110,7 @@ class NAFBlock(nn.Module):
             return self.block(inp)
         if self.recompute in SELECTIVE:
             return checkpoint(self.block, inp, use_reentrant=False, context_fn=SELECTIVE[self.recompute])
-        return checkpoint(self.block, inp, use_reentrant=False)  # dynamo traces no explicit noop_context_fn
+        return checkpoint(self.block, inp, use_reentrant=False)  # no context_fn: dynamo cannot trace noop_context_fn
 
     def block(self, inp):
         x = self.gate(self.conv2(self.conv1(self.norm1(inp))))
