@@ -1,7 +1,7 @@
 # CodeBrain: raw multi-contrast MRI -> registered volumes -> slice store -> Stage I -> codes -> Stage II -> evaluation.
 from snakemake.utils import min_version
 
-from codebrain.workflow import resolve_gpus, validate_config
+from codebrain.workflow import invocation_gpus, resolve_gpus, validate_config
 
 min_version("9.0")
 
@@ -14,8 +14,7 @@ if not workflow.overwrite_configfiles:
 
 
 validate_config(config)
-gpu_resource = workflow.global_resources.get("gpu")  # --resources gpu=N
-resolve_gpus(config, None if gpu_resource is None else int(getattr(gpu_resource, "value", gpu_resource)))
+resolve_gpus(config, invocation_gpus(workflow.global_resources))
 
 
 report: "workflow/report/workflow.rst"

@@ -25,6 +25,13 @@ def validate_config(config: dict) -> None:
     config.update(filled)
 
 
+def invocation_gpus(resources) -> int | None:
+    """This invocation's `--resources gpu=N` (Snakemake's global resources), or None when it gives no count."""
+    value = resources.get("gpu")
+    value = getattr(value, "value", value)  # Snakemake 9 wraps each value
+    return None if value is None else int(value)
+
+
 def resolve_gpus(config: dict, allowed: int | None) -> None:
     """training.gpus: "all" becomes a count in place: the invocation's `--resources gpu=N` (`allowed`), else every
     GPU this machine shows, and at least one (a cluster's login node shows none; a local run on a machine without
