@@ -129,7 +129,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_the_guard_names_the_first_non_finite_step_and_only_its_losses(tmp_path):
-    from codebrain.training.loop import NonFiniteGuard, TrainingDiverged, make_accelerator
+    from codebrain.training.guard import NonFiniteGuard, TrainingDiverged
+    from codebrain.training.loop import make_accelerator
     from codebrain.training.resume import ResumeState
 
     guard = NonFiniteGuard(make_accelerator(), ResumeState(tmp_path / "m.pt", "config"))
@@ -222,7 +223,8 @@ def test_training_flops_are_three_forward_passes_counted_by_hand(store):
     """The direct regressor's step: 3 x its forward FLOPs, counted here from each convolution's shape."""
     from codebrain.training.config import DirectExperiment
     from codebrain.training.direct import DirectStage
-    from codebrain.training.loop import TrainingBatch, counting_flops, make_accelerator
+    from codebrain.training.flops import counting_flops
+    from codebrain.training.loop import TrainingBatch, make_accelerator
 
     experiment = DirectExperiment.from_dict({"method": "direct", "model": MODEL, "train": {"batch_size": 4}},
                                             CONTRASTS)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as err:
         from codebrain.tracking.lock import StoreLockTimeout
-        from codebrain.training.loop import TrainingDiverged
+        from codebrain.training.guard import TrainingDiverged
 
         if not isinstance(err, (TrainingDiverged, StoreLockTimeout)):
             raise

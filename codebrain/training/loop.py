@@ -1,5 +1,5 @@
 """The one training loop (`fit`) and what it is built from: the accelerator, the data order, the LR schedule,
-the NaN guard, validation. A stage (stage1.py, stage2.py, direct.py) brings its networks, optimisers
+validation (the NaN guard is guard.py). A stage (stage1.py, stage2.py, direct.py) brings its networks, optimisers
 and one optimisation step; the loop owns epochs, resume, stopping, logging, validation,
 checkpoints and failure handling (docs/design.md, "Training").
 
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from codebrain.checkpoints import save_checkpoint
@@ -35,14 +34,12 @@ from codebrain.registry import RANKED_BY
 from codebrain.tracking.tracker import Tracker
 from codebrain.provenance import config_hash
 from codebrain.training.config import TrainConfig, flatten
+from codebrain.training.flops import counting_flops, summed_over_processes
+from codebrain.training.guard import NonFiniteGuard
 from codebrain.training.resume import Progress, ResumeState
 
 VALIDATION_NAMES = {"stage2": "imputation", "stage1": "reconstruction", "direct": "direct regressor",
                     "zero": "zero-filling"}
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 @dataclass
@@ -141,56 +138,6 @@ def optimise(accelerator, optimizer, loss: torch.Tensor, model, grad_clip: float
     if grad_clip > 0:
         accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-
-
-class NonFiniteGuard:
-    """Watches every loss for NaN/inf without a host synchronisation per step: a step's call only records, on
-    the device, the step at which each loss first went non-finite and its value then; `check`, at the loop's
-    sync points (logging, validation, checkpoints), stops every process together, naming the first such step.
-    Weights updated after it are never validated or saved, since every sync point checks first."""
-
-    def __init__(self, accelerator, state: ResumeState):
-        self.accelerator, self.state = accelerator, state
-        self.first_bad: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # loss -> (step + 1 or 0, value then)
-
-    def __call__(self, losses: dict, step: int) -> None:
-        for name, value in losses.items():
-            value = value.detach()
-            step_then, value_then = self.first_bad.get(
-                name, (torch.zeros((), dtype=torch.long, device=value.device), torch.zeros_like(value)))
-            first = (step_then == 0) & ~torch.isfinite(value).all()
-            self.first_bad[name] = torch.where(first, step + 1, step_then), torch.where(first, value, value_then)
-
-    def check(self) -> None:
-        never = torch.iinfo(torch.long).max
-        steps = [torch.where(s > 0, s, never) for s, _ in self.first_bad.values()]
-        here = torch.stack(steps).min() if steps else torch.tensor(never)
-        step = int(self.accelerator.gather(here.to(self.accelerator.device)[None]).min())  # over processes
-        if step != never:
-            values = {name: float(v) for name, (s, v) in self.first_bad.items() if int(s) == step}
-            raise TrainingDiverged(f"non-finite loss at step {step}: {values}; last good checkpoint: "
-                                   f"{self.state.latest() or 'none (no checkpoint written yet)'}")
-
-
-def counting_flops(work, *args, passes: int = 3) -> tuple[object, int]:
-    """(what work returns, its FLOPs in this process): `passes` x the forward FLOPs (convolutions and matrix
-    products, 2 per multiply-accumulate) of every network pass in it: 3 for a training step, the usual estimate of
-    forward + backward, 1 for work without gradients. The backward is not counted itself: torch's FlopCounterMode
-    counts the gradient of a grouped (depthwise) convolution as a dense one's (66x a 64-channel depthwise forward
-    instead of 2x)."""
-    with FlopCounterMode(display=False) as counter:
-        result = work(*args)
-    forward = sum(n for op, n in counter.get_flop_counts().get("Global", {}).items() if not str(op).endswith("_backward"))
-    return result, passes * forward
-
-
-def summed_over_processes(accelerator, flops: int) -> int:
-    """A step's FLOPs over all processes, whose batches (so flops_keys and counts) may differ: one scalar
-    all-reduce per step under DDP, none in a single process (no device sync)."""
-    if accelerator.num_processes == 1:
-        return flops
-    total = torch.tensor([flops], dtype=torch.float64, device=accelerator.device)
-    return int(accelerator.reduce(total, "sum").item())
 
 
 def prepared(stage, batch: TrainingBatch) -> TrainingBatch:
