@@ -37,7 +37,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench_training import Stage1Step, Stage2Step, model_section
+from bench_training import Stage1Step, Stage2Step, model_section, step_inputs
 from codebrain.models.config import ModelConfig
 from codebrain.models.direct import DirectRegressor
 from codebrain.models.fsq import FSQ
@@ -173,16 +173,7 @@ def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, dev
     step = STEPS[stage](cfg, set(), device)
     for network in step.networks:
         set_recompute(network, recompute)
-    n = len(cfg.contrasts)
-    image = torch.rand(batch, n, size, size, device=device)
-    mask = torch.rand(batch, n, device=device) > 0.5
-    mask[:, 0] = True
-    if stage == "stage2":
-        h = size // cfg.downsampling
-        levels = torch.tensor(cfg.levels, device=device)[None, None, :, None, None]
-        extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
-    else:
-        extra = torch.randint(0, n, (batch,), device=device)
+    image, mask, extra = step_inputs(stage, cfg, batch, size, device)
     autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else nullcontext
     with autocast():
         step(image, mask, extra)
@@ -195,14 +186,20 @@ def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, dev
             "live_peak_bytes": made.peak, "recompute": recompute}
 
 
+def two_point(small_bytes: float, large_bytes: float, batches: tuple[int, int]) -> tuple[float, float]:
+    """(bytes one more sample adds, bytes a step keeps whatever its batch) from the counts at two batch sizes."""
+    per_sample = (large_bytes - small_bytes) / (batches[1] - batches[0])
+    return per_sample, small_bytes - batches[0] * per_sample
+
+
 def extrapolated(small: dict, large: dict, size: int, batches: tuple[int, int], to_size: int, to_batch: int) -> dict:
     """Per-sample bytes from the difference of two batch sizes (what one more sample adds), scaled by pixels; the
     rest (autocast's bf16 copies of the weights, per-step buffers) is per step, and stays as it is."""
     scale = (to_size / size) ** 2
-    extra = batches[1] - batches[0]
     kinds = set(small["by_kind"]) | set(large["by_kind"])
-    per_sample = {k: (large["by_kind"].get(k, 0) - small["by_kind"].get(k, 0)) / extra for k in kinds}
-    per_step = {k: small["by_kind"].get(k, 0) - batches[0] * per_sample[k] for k in kinds}
+    split = {k: two_point(small["by_kind"].get(k, 0), large["by_kind"].get(k, 0), batches) for k in kinds}
+    per_sample = {k: split[k][0] for k in kinds}
+    per_step = {k: split[k][1] for k in kinds}
     by_kind = {k: (per_sample[k] * scale * to_batch + per_step[k]) / GIB for k in kinds}
     saved = sum(by_kind.values())
     return {"size": to_size, "batch": to_batch, "saved_gib": saved, "by_kind_gib": by_kind,
@@ -214,8 +211,7 @@ def live_extrapolated(small: dict, large: dict, size: int, batches: tuple[int, i
                       to_batch: int) -> dict:
     """The live-tensor peak the same way: what one more sample adds, scaled by pixels, plus the per-step rest,
     plus the weights, gradients and Adam's moments made before the step (16 bytes a parameter)."""
-    per_sample = (large["live_peak_bytes"] - small["live_peak_bytes"]) / (batches[1] - batches[0])
-    per_step = small["live_peak_bytes"] - batches[0] * per_sample
+    per_sample, per_step = two_point(small["live_peak_bytes"], large["live_peak_bytes"], batches)
     return {"per_sample_gib": per_sample * (to_size / size) ** 2 / GIB, "per_step_gib": per_step / GIB,
             "total_gib": (per_sample * (to_size / size) ** 2 * to_batch + per_step + small["fixed_bytes"]) / GIB}
 

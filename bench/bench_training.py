@@ -53,29 +53,38 @@ GPU_ONLY = {"bf16", "compile", "fused_adam", "cuda_graphs"}  # on the CPU: fp32 
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}  # gradient vs the same precision's eager path, relative (our bounds)
 
 
+def reconstruction_loss(model, image, mask, anchor):
+    """(reconstruction, target, PSNR + quantiser loss) of Stage I's generator."""
+    reconstruction, _, quantiser_loss = model(image, mask, anchor)
+    target = image[torch.arange(len(image), device=image.device), anchor][:, None]
+    return reconstruction, target, psnr_loss(reconstruction, target) + quantiser_loss
+
+
+def stage1_loss(model, disc, image, mask, anchor):
+    """The generator's loss as stage1.py takes it: PSNR + quantiser + adversarial through D."""
+    reconstruction, _, loss = reconstruction_loss(model, image, mask, anchor)
+    return loss + adversarial_loss(disc(reconstruction), True)
+
+
+def gradients(network: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.float().flatten() for p in network.parameters() if p.grad is not None])
+
+
 class Stage1Step:
     def __init__(self, cfg: ModelConfig, options: set, device):
-        n = len(cfg.contrasts)
         self.model = Reconstructor(cfg).to(device)
         self.disc = PatchDiscriminator(1, cfg.disc_width, cfg.disc_layers).to(device)
         self.networks = [self.model, self.disc]
         self.optimisers = [torch.optim.Adam(m.parameters(), lr=1e-4, fused="fused_adam" in options)
                            for m in self.networks]
-        self.n = n
-
-    def reconstruction_loss(self, image, mask, anchor):
-        reconstruction, _, quantiser_loss = self.model(image, mask, anchor)
-        target = image[torch.arange(len(image), device=image.device), anchor][:, None]
-        return reconstruction, target, psnr_loss(reconstruction, target) + quantiser_loss
 
     def generator_loss(self, image, mask, anchor):
-        """The loss the numerical check differentiates: the generator's, through D."""
-        reconstruction, _, loss = self.reconstruction_loss(image, mask, anchor)
-        return loss + adversarial_loss(self.disc(reconstruction), True)
+        """The loss the numerical check differentiates."""
+        return stage1_loss(self.model, self.disc, image, mask, anchor)
 
     def __call__(self, image, mask, anchor):
         opt_g, opt_d = self.optimisers
-        reconstruction, target, loss = self.reconstruction_loss(image, mask, anchor)
+        reconstruction, target, loss = reconstruction_loss(self.model, image, mask, anchor)
         logits = self.disc(torch.cat([target, reconstruction.detach()]))
         real, fake = logits.chunk(2)
         disc_loss = 0.5 * (adversarial_loss(real, True) + adversarial_loss(fake, False))
@@ -126,6 +135,22 @@ def forward_flops(stage: str, cfg: ModelConfig, batch: int, size: int) -> int:
     return counter.get_total_flops() * batch
 
 
+def step_inputs(stage: str, cfg: ModelConfig, batch: int, size: int, device):
+    """Random slices, a scenario mask with the first contrast available, and Stage II's codes or Stage I's (and
+    the regressor's) anchor contrast."""
+    n = len(cfg.contrasts)
+    image = torch.rand(batch, n, size, size, device=device)
+    mask = torch.rand(batch, n, device=device) > 0.5
+    mask[:, 0] = True
+    if stage == "stage2":
+        h = size // cfg.downsampling
+        levels = torch.tensor(cfg.levels, device=device)[None, None, :, None, None]
+        extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
+    else:
+        extra = torch.randint(0, n, (batch,), device=device)
+    return image, mask, extra
+
+
 def built(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, device):
     """A variant's step (seeded: every variant starts from the same weights) and its inputs."""
     torch.manual_seed(0)
@@ -140,17 +165,8 @@ def built(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, dev
                 set_recompute(network, recompute)
         if options & {"regional_compile", "cuda_graphs"}:
             compile_blocks(network, mode="reduce-overhead" if "cuda_graphs" in options else None)
-    n = len(cfg.contrasts)
-    image = torch.rand(batch, n, size, size, device=device).contiguous(memory_format=layout)
-    mask = torch.rand(batch, n, device=device) > 0.5
-    mask[:, 0] = True
-    if stage == "stage1":
-        extra = torch.randint(0, n, (batch,), device=device)
-    else:
-        h = size // cfg.downsampling
-        levels = torch.tensor(cfg.levels, device=device)[None, None, :, None, None]
-        extra = (torch.rand(batch, cfg.n_code_maps, cfg.code_dim, h, h, device=device) * levels).to(torch.uint8)
-    return step, (image, mask, extra)
+    image, mask, extra = step_inputs(stage, cfg, batch, size, device)
+    return step, (image.contiguous(memory_format=layout), mask, extra)
 
 
 def gradient_difference(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, device) -> float:
@@ -161,7 +177,7 @@ def gradient_difference(stage: str, cfg: ModelConfig, options: set, batch: int, 
         step, inputs = built(stage, cfg, variant, batch, size, device)
         with torch.autocast(device.type, torch.bfloat16) if "bf16" in variant else nullcontext():
             step.generator_loss(*inputs).backward()
-        grads.append(torch.cat([p.grad.float().flatten() for p in step.networks[0].parameters() if p.grad is not None]))
+        grads.append(gradients(step.networks[0]))
     return float((grads[0] - grads[1]).norm() / grads[1].norm())
 
 

@@ -19,24 +19,13 @@ from contextlib import nullcontext
 
 import torch
 
-from bench_training import model_section
+from bench_training import gradients, model_section, stage1_loss, step_inputs
 from codebrain.models.config import ModelConfig
-from codebrain.models.losses import psnr_loss
-from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
+from codebrain.models.patchgan import PatchDiscriminator
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
 
 PASS = {"relative_loss_difference": 0.02, "gradient_cosine": 0.99}  # what a variant must meet
-
-
-def stage1_loss(model, disc, image, mask, anchor):
-    reconstruction, _, quantiser_loss = model(image, mask, anchor)
-    target = image[torch.arange(len(image), device=image.device), anchor][:, None]
-    return psnr_loss(reconstruction, target) + quantiser_loss + adversarial_loss(disc(reconstruction), True)
-
-
-def gradients(network: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.float().flatten() for p in network.parameters() if p.grad is not None])
 
 
 def one_step(stage: str, networks: dict, inputs: tuple, bf16: bool, fast: bool) -> tuple[float, dict]:
@@ -87,11 +76,7 @@ def main(argv=None):
     cfg = ModelConfig.from_dict({**model_section(args.model), "contrasts": args.contrasts})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    n = len(cfg.contrasts)
-    image = torch.rand(args.batch, n, args.size, args.size, device=device)
-    mask = torch.rand(args.batch, n, device=device) > 0.5
-    mask[:, 0] = True
-    anchor = torch.randint(0, n, (args.batch,), device=device)
+    image, mask, anchor = step_inputs("stage1", cfg, args.batch, args.size, device)
     generator = Reconstructor(cfg).to(device)
     discriminator = PatchDiscriminator(1, cfg.disc_width, cfg.disc_layers).to(device)
     with torch.no_grad():
