@@ -42,7 +42,7 @@ from codebrain.models.config import ModelConfig
 from codebrain.models.direct import DirectRegressor
 from codebrain.models.fsq import FSQ
 from codebrain.models.losses import psnr_loss
-from codebrain.models.nafnet import RECOMPUTE, LayerNorm2d, NAFBlock, SimpleGate, set_recompute
+from codebrain.models.nafnet import RECOMPUTE, LayerNorm2d, NAFBlock, SimpleGate, set_bf16_residual, set_recompute
 from codebrain.models.patchgan import PatchDiscriminator, ReleaseDiscriminator
 
 GIB = 2 ** 30
@@ -166,13 +166,15 @@ class LivePeak(TorchDispatchMode):
         return out
 
 
-def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, device, recompute: str = "none") -> dict:
+def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, device, recompute: str = "none",
+            bf16_residual: bool = False) -> dict:
     """One training step's saved-tensor peak (bytes, by kind), its fixed bytes (weights, gradients, Adam) and
     the peak of the tensors it makes (after one unmeasured step, so that Adam's moments exist)."""
     torch.manual_seed(0)
     step = STEPS[stage](cfg, set(), device)
     for network in step.networks:
         set_recompute(network, recompute)
+        set_bf16_residual(network, bf16_residual)
     image, mask, extra = step_inputs(stage, cfg, batch, size, device)
     autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else nullcontext
     with autocast():
@@ -183,7 +185,7 @@ def account(stage: str, cfg: ModelConfig, batch: int, size: int, bf16: bool, dev
     parameters = sum(p.numel() for net in step.networks for p in net.parameters())
     return {"peak_saved_bytes": counter.peak, "by_kind": counter.peak_kinds, "parameters": parameters,
             "fixed_bytes": 16 * parameters,  # fp32 weights, gradients and Adam's two moments
-            "live_peak_bytes": made.peak, "recompute": recompute}
+            "live_peak_bytes": made.peak, "recompute": recompute, "bf16_residual": bf16_residual}
 
 
 def two_point(small_bytes: float, large_bytes: float, batches: tuple[int, int]) -> tuple[float, float]:
@@ -241,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--extrapolate", nargs=2, type=int, default=[256, 48], metavar=("SIZE", "BATCH"))
     parser.add_argument("--recompute", nargs="+", default=list(RECOMPUTE), choices=RECOMPUTE,
                         help="NAFBlock recompute modes to measure (codebrain.models.nafnet.set_recompute)")
+    parser.add_argument("--bf16-residual", action="store_true",
+                        help="NAFBlocks' residual stream in bf16 (codebrain.models.nafnet.set_bf16_residual)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON of the counts")
     args = parser.parse_args(argv)
@@ -250,7 +254,8 @@ def main(argv=None):
     batches = (args.batch, 2 * args.batch)
     for stage in args.stages:
         for recompute in args.recompute:
-            small, large = (account(stage, cfg, b, args.size, not args.fp32, device, recompute) for b in batches)
+            small, large = (account(stage, cfg, b, args.size, not args.fp32, device, recompute, args.bf16_residual)
+                            for b in batches)
             results[f"{stage}, {recompute}"] = {
                 "measured": {str(b): found for b, found in zip(batches, (small, large))}, "size": args.size,
                 "at": extrapolated(small, large, args.size, batches, *args.extrapolate),

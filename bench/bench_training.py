@@ -10,7 +10,8 @@ forward + backward. Variants add up left to right: fp32, bf16 autocast, channels
 torch.compile, fused Adam; "regional_compile" compiles each NAFBlock instead (nafnet.compile_blocks),
 "cuda_graphs" the same in mode reduce-overhead; "checkpointing" is bf16 + channels_last with every NAFBlock recomputed in
 backward (`recompute: blocks`), "elementwise" the same keeping the dense convolutions' outputs
-(`recompute: elementwise`), "expansions" keeping only the expanding ones' (`recompute: expansions`): memory for time. The numerical check (--check-batch) compares each variant's generator
+(`recompute: elementwise`), "expansions" keeping only the expanding ones' (`recompute: expansions`): memory for time;
+"bf16_residual" keeps NAFBlocks' residual stream in bf16 (`bf16_residual: true`). The numerical check (--check-batch) compares each variant's generator
 gradient with the same precision's eager path. Writes bench/training-<device>.json.
 """
 
@@ -29,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from codebrain.models.config import ModelConfig
 from codebrain.models.losses import psnr_loss
-from codebrain.models.nafnet import compile_blocks, set_recompute
+from codebrain.models.nafnet import compile_blocks, set_bf16_residual, set_recompute
 from codebrain.models.patchgan import PatchDiscriminator, adversarial_loss
 from codebrain.models.prior import CodePrior
 from codebrain.models.reconstructor import Reconstructor
@@ -45,6 +46,7 @@ VARIANTS = {
     "bf16+channels_last+checkpointing": {"bf16", "channels_last", "checkpointing"},
     "bf16+channels_last+elementwise": {"bf16", "channels_last", "elementwise"},
     "bf16+channels_last+expansions": {"bf16", "channels_last", "expansions"},
+    "bf16+channels_last+expansions+bf16_residual": {"bf16", "channels_last", "expansions", "bf16_residual"},
     "fp32+regional_compile": {"regional_compile"},
     "bf16+channels_last+elementwise+regional_compile": {"bf16", "channels_last", "elementwise", "regional_compile"},
     "bf16+channels_last+elementwise+cuda_graphs": {"bf16", "channels_last", "elementwise", "cuda_graphs"},
@@ -163,6 +165,7 @@ def built(stage: str, cfg: ModelConfig, options: set, batch: int, size: int, dev
         for recompute in ("elementwise", "expansions"):
             if recompute in options:
                 set_recompute(network, recompute)
+        set_bf16_residual(network, "bf16_residual" in options)
         if options & {"regional_compile", "cuda_graphs"}:
             compile_blocks(network, mode="reduce-overhead" if "cuda_graphs" in options else None)
     image, mask, extra = step_inputs(stage, cfg, batch, size, device)

@@ -15,7 +15,7 @@ BATCH=${BATCH:-48}
 STEPS=${STEPS:-6}
 EAGER_S=${EAGER_S:-40}
 COMPILE_S=${COMPILE_S:-65}
-VARIANTS=${VARIANTS:-bf16 bf16+channels_last+elementwise bf16+channels_last+elementwise+regional_compile bf16+channels_last+elementwise+cuda_graphs}
+VARIANTS=${VARIANTS:-bf16 bf16+channels_last+expansions+bf16_residual bf16+channels_last+elementwise+regional_compile bf16+channels_last+elementwise+cuda_graphs}
 mkdir -p "$OUT/variants"
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" \
     | tee "$OUT/device.txt"

@@ -91,6 +91,7 @@ BAD = [  # (edit, the line's start): a wrong type, an unknown choice, an out-of-
     (setter("experiments", "tuned", "stage1", "steps", value=0), "experiments.tuned.stage1.steps: 0: Input should be greater than 0"),
     (setter("experiments", "release", "model", "finetune_decoder", value=True), "experiments.release.model.finetune_decoder: needs a code map per contrast"),
     (setter("experiments", "release", "stage2", "code_missing_weight", value=2.0), "experiments.release.stage2.code_missing_weight: needs a code map per contrast"),
+    (setter("experiments", "release", "stage1", "bf16_residual", value=True), "experiments.release.stage1.bf16_residual: needs precision: bf16 (precision is fp32)"),
     (setter("experiments", "release", "stage1", "betas", value=[0.9]), "experiments.release.stage1.betas: [0.9]: List should have at least 2 items"),
     (setter("experiments", "release", "stage1", "keep", value="first"), "experiments.release.stage1.keep: 'first' is not one of best, last"),
     (setter("experiments", "release", "model", "decoder", value="mlp"), "experiments.release.model.decoder: 'mlp' is not one of unet, release"),

@@ -419,6 +419,44 @@ def test_recomputation_changes_results_by_nothing(recompute):
     assert {m.recompute for m in stage.model.modules() if isinstance(m, NAFBlock)} == {recompute}
 
 
+def test_bf16_residual_keeps_the_stream_bf16_and_leaves_fp32_alone():
+    """With bf16_residual a NAFBlock's output under bf16 autocast is bf16 (fp32 without it: the fp32 scales promote
+    it), Stage I's gradients stay those of fp32 (cosine >= 0.99, check_bf16's bar), and fp32 training is the same
+    to the bit. LayerNorm2d computes a bf16 input's statistics in fp32."""
+    from codebrain.models.nafnet import LayerNorm2d, NAFBlock, set_bf16_residual
+
+    loss, grads = stage1_loss_and_grads(stage1_model())
+    model = stage1_model()
+    set_bf16_residual(model, True)
+    assert {m.bf16_residual for m in model.modules() if isinstance(m, NAFBlock)} == {True}
+    assert stage1_loss_and_grads(model)[0] == loss and torch.equal(stage1_loss_and_grads(model)[1], grads)
+    with torch.autocast("cpu", torch.bfloat16):
+        _, bf16_grads = stage1_loss_and_grads(model)
+    assert torch.nn.functional.cosine_similarity(bf16_grads, grads, dim=0) >= 0.99
+
+    block = NAFBlock(8)
+    torch.nn.init.uniform_(block.beta, -1, 1), torch.nn.init.uniform_(block.gamma, -1, 1)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        assert block(x).dtype == torch.float32
+        block.bf16_residual = True
+        assert block(x).dtype == torch.bfloat16
+
+    norm = LayerNorm2d(8)
+    x = (torch.randn(2, 8, 5, 5) * 3 + 40).bfloat16()  # a large mean: bf16 statistics lose the variance
+    out = norm(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, plain_layer_norm(norm, x.float()))
+
+    from codebrain.training.config import Experiment
+    from codebrain.training.loop import make_accelerator
+    from codebrain.training.stage1 import StageOne
+
+    experiment = Experiment.from_dict({"model": MODEL, "stage1": {"bf16_residual": True}}, ["T1", "T2", "PD"])
+    stage = StageOne(experiment, make_accelerator())
+    assert {m.bf16_residual for m in stage.model.modules() if isinstance(m, NAFBlock)} == {True}
+
+
 def test_a_checkpoint_from_before_the_release_rework_still_rebuilds():
     """Checkpoints saved their whole model_config: one with the retired disc_conditional key rebuilds; one of the
     retired 'wide' decoder is refused by name (its layers no longer exist)."""

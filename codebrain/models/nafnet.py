@@ -19,10 +19,12 @@ RECOMPUTE = ("none", "elementwise", "expansions", "blocks")
 
 class LayerNormFunction(torch.autograd.Function):
     """Channel LayerNorm that keeps only x_hat and the variance for backward (NAFNet's own version): the plain ops
-    keep x - mean, its square and x_hat, three full-resolution tensors where this keeps one."""
+    keep x - mean, its square and x_hat, three full-resolution tensors where this keeps one. It computes in fp32
+    whatever its input's dtype, as autocast runs torch's own layer_norm (a bf16 stream gets fp32 statistics)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 -> fp32; fp32 and fp64 stay
         mean = x.mean(1, keepdim=True)  # B x 1 x H x W
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x_hat = (x - mean) / torch.sqrt(var + eps)  # B x C x H x W
@@ -89,6 +91,7 @@ SELECTIVE = {"elementwise": keep_dense_convolutions, "expansions": keep_expansio
 
 class NAFBlock(nn.Module):
     recompute = "none"  # what the backward pass recomputes instead of keeping: one of RECOMPUTE (`set_recompute`)
+    bf16_residual = False  # under autocast, keep the residual stream in the branches' dtype (`set_bf16_residual`)
 
     def __init__(self, channels: int, dw_expand: int = 2, ffn_expand: int = 2):
         super().__init__()
@@ -115,9 +118,15 @@ class NAFBlock(nn.Module):
     def block(self, inp):
         x = self.gate(self.conv2(self.conv1(self.norm1(inp))))
         x = self.conv3(x * self.sca(x))
-        y = inp + x * self.beta
+        y = inp + self.scaled(x, self.beta)
         x = self.conv5(self.gate(self.conv4(self.norm2(y))))
-        return y + x * self.gamma
+        return y + self.scaled(x, self.gamma)
+
+    def scaled(self, x, scale):
+        """x * scale. Under autocast x is bf16 and the fp32 scale promotes the residual sum to fp32; with
+        bf16_residual the scale is cast to x's dtype instead, so the stream stays bf16 and a checkpointed block
+        keeps its input at half the bytes. fp32 training is unchanged either way."""
+        return x * (scale.to(x.dtype) if self.bf16_residual else scale)
 
 
 def set_recompute(model: nn.Module, recompute: str) -> None:
@@ -129,6 +138,14 @@ def set_recompute(model: nn.Module, recompute: str) -> None:
     for module in model.modules():
         if isinstance(module, NAFBlock):
             module.recompute = recompute
+
+
+def set_bf16_residual(model: nn.Module, on: bool) -> None:
+    """NAFBlocks' residual stream in bf16 under bf16 autocast (Megatron's default; its fp32 statistics stay in
+    LayerNorm2d): with `recompute: expansions` the paper's Stage I fits 40 GiB at batch 48 (BENCHMARKS.md)."""
+    for module in model.modules():
+        if isinstance(module, NAFBlock):
+            module.bf16_residual = on
 
 
 def compile_blocks(model: nn.Module, mode: str | None = None) -> None:

@@ -35,6 +35,7 @@ class TrainConfig(BaseModel):
     # what NAFBlocks recompute in backward instead of keeping (codebrain.models.nafnet.set_recompute): memory for time
     recompute: Literal["none", "elementwise", "expansions", "blocks"] = "none"
     compile_blocks: bool = False  # torch.compile each NAFBlock (regional compilation; nafnet.compile_blocks)
+    bf16_residual: bool = False  # bf16 only: NAFBlocks' residual stream in bf16, not fp32 (nafnet.set_bf16_residual)
     # Stage I only: adversarial term and reconstruction weights
     gan_weight: NonNegativeFloat = 1.0  # lambda; 0 switches the discriminator off
     gan_loss: Literal["vanilla", "lsgan"] = "vanilla"  # vanilla: BCE
@@ -60,6 +61,12 @@ class TrainConfig(BaseModel):
     val_batch_size: PositiveInt = 64
     num_workers: NonNegativeInt = 0
     seed: int = 0
+
+    @model_validator(mode="after")
+    def bf16_residual_needs_bf16(self) -> "TrainConfig":
+        if self.bf16_residual and self.precision != "bf16":
+            raise ValueError(f"bf16_residual: needs precision: bf16 (precision is {self.precision})")
+        return self
 
 
 PROTOCOLS = {

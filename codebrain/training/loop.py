@@ -29,7 +29,7 @@ from codebrain.checkpoints import save_checkpoint
 from codebrain.data.dataset import SliceDataset, open_store, sample_scenario
 from codebrain.evaluation.scenarios import evaluate_scenarios, summarise
 from codebrain.io import InputError
-from codebrain.models.nafnet import compile_blocks, set_recompute
+from codebrain.models.nafnet import compile_blocks, set_bf16_residual, set_recompute
 from codebrain.registry import RANKED_BY
 from codebrain.tracking.tracker import Tracker
 from codebrain.provenance import config_hash
@@ -124,8 +124,10 @@ def make_optimizer(parameters, cfg: TrainConfig, lr: float | None = None, betas=
 
 
 def configure_blocks(model, cfg: TrainConfig) -> None:
-    """A stage network's NAFBlock path: what backward recomputes, and whether each block is compiled."""
+    """A stage network's NAFBlock path: what backward recomputes, the residual stream's dtype under bf16, and whether
+    each block is compiled."""
     set_recompute(model, cfg.recompute)
+    set_bf16_residual(model, cfg.bf16_residual)
     if cfg.compile_blocks:
         compile_blocks(model)
 
