@@ -5,7 +5,8 @@ apt-get install chromium chromium-driver; pip install selenium).
     python docs/mlflow_screenshots.py RESULTS_FOLDER DATASET [--out docs/figures]
 
 for example after `snakemake -d /tmp/tiny --configfile tests/config/tiny.yaml`:
-`python docs/mlflow_screenshots.py /tmp/tiny/results tiny`.
+`python docs/mlflow_screenshots.py /tmp/tiny/results tiny`. The runs page at 100 subjects (the data half of
+`bench/bench_scale.py`'s cohort, README): `--runs-png mlflow-runs-100-subjects.png`.
 
 It serves RESULTS_FOLDER/mlflow.db with `mlflow server` on 127.0.0.1 for the time of the screenshots.
 """
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="the folder holding mlflow.db and mlartifacts/")
     parser.add_argument("dataset", help="the MLflow experiment (dataset.name)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    parser.add_argument("--runs-png", default="mlflow-runs.png", help="the runs page's file name under --out")
     args = parser.parse_args()
     from mlflow import MlflowClient
 
@@ -102,8 +104,9 @@ def main() -> None:
         browser = open_browser()
         try:
             screenshot(browser, f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning",
-                       args.out / "mlflow-runs.png", expand="button[data-component-id*='runnamecellrenderer']")
-            screenshot(browser, f"{base}/#/models/{model}", args.out / "mlflow-model.png")
+                       args.out / args.runs_png, expand="button[data-component-id*='runnamecellrenderer']")
+            if client.search_registered_models(f"name = '{model}'"):  # a data-half-only store has none
+                screenshot(browser, f"{base}/#/models/{model}", args.out / "mlflow-model.png")
         finally:
             browser.quit()
     finally:

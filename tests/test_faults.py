@@ -45,9 +45,21 @@ KILL_WHOLE_INVOCATION = {step: RNG.random() < 0.5 for step in STEPS}  # else the
 NOT_COMPARED = ("logs/", "benchmarks/", "mlflow.db", "mlartifacts/")  # differ by design: times, run ids
 
 
+def journaled_run(database: Path, run_name: str, status: str) -> tuple | None:
+    """(journal name, pid, seconds) of a per-subject job's run not logged yet (tracking.deferred), or None."""
+    for path in sorted((database.parent / "mlflow-deferred").glob("*.json"), reverse=True):
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):  # logged (removed) meanwhile
+            journal = json.loads(path.read_text())
+            if journal["run_name"] == run_name and journal["status"] == status:
+                return path.name, int(journal["tags"]["pid"]), (journal.get("end_time", 0) - journal["start_time"]) / 1000
+    return None
+
+
 def job_run(database: Path, run_name: str, status: str) -> tuple | None:
-    """(run id, pid, seconds from start to end) of the newest run of that name and status, read without MLflow so
-    that it can be polled every few milliseconds."""
+    """(run id, or a journal's name, pid, seconds from start to end) of the newest run of that name and status,
+    read without MLflow so that it can be polled every few milliseconds."""
+    if journaled := journaled_run(database, run_name, status):
+        return journaled
     if not database.exists():
         return None
     try:
@@ -102,8 +114,13 @@ def assert_same_registration(reference_qc: Path, rerun_qc: Path) -> None:
 
 
 def run_status(database: Path, run_id: str) -> str:
+    """The status of a run by id, or of a journaled run by its journal's name (logged or not)."""
+    journal = database.parent / "mlflow-deferred" / run_id
+    if journal.exists():
+        return json.loads(journal.read_text())["status"]
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        return db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()[0]
+        return db.execute("SELECT r.status FROM runs r LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = "
+                          "'journal' WHERE r.run_uuid = ? OR t.value = ?", (run_id, run_id)).fetchone()[0]
 
 
 @pytest.mark.slow
@@ -126,8 +143,9 @@ def test_a_killed_step_reruns_to_the_uninterrupted_result(workdir, tmp_path, ste
                                                               str(TINY)],
                                        stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env)
             run_id, _ = kill_during(process, database, run_name, delay, whole)
-        status_at_kill = run_status(database, run_id)  # FINISHED: the kill came after the job's own end
-        if status_at_kill == "RUNNING":
+        # FINISHED: the kill came after the job's own end; KILLED: a journaled run the invocation's end has logged
+        status_at_kill = run_status(database, run_id)
+        if status_at_kill in ("RUNNING", "KILLED"):
             break
         snakemake(path, "--unlock")  # a killed Snakemake leaves its lock: the next try would be refused
         delay /= 4
@@ -154,7 +172,7 @@ def test_a_killed_step_reruns_to_the_uninterrupted_result(workdir, tmp_path, ste
     left = sorted(p.name for p in temporary.iterdir()
                   if not (p.name.startswith("torchinductor_") or whole and p.name.startswith("snakemake")))
     assert left == [], f"left in the temporary folder: {left}"
-    assert run_status(database, run_id) == ("KILLED" if status_at_kill == "RUNNING" else "FINISHED")
+    assert run_status(database, run_id) == "KILLED"
     with sqlite3.connect(database) as db:
         assert not db.execute("SELECT name FROM runs WHERE status = 'RUNNING'").fetchall()
 

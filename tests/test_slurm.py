@@ -1,8 +1,10 @@
 """The SLURM profile on a real single-node cluster (tests/slurm/start_cluster.sh, as root): the tiny DAG
-submitted job by job with sbatch through snakemake-executor-plugin-slurm, outputs checked after."""
+submitted with sbatch through snakemake-executor-plugin-slurm, the per-subject chain as job groups, outputs
+checked after."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,11 +42,18 @@ def test_tiny_dag_runs_through_the_slurm_profile(cluster, tmp_path):
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                "--configfile", str(configfile), "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
                "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-               "--jobs", "4"]
+               "--jobs", "4", "--cores", "2"]  # a group job asks for at most the test node's 2 CPUs
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert "Job" in log and "has been submitted with SLURM jobid" in log
+    logs = re.findall(r"submitted with SLURM jobid \d+ \(log: (\S+?)\)", log)
+    assert logs, log[-3000:]
+    # slurm_logs/group_<group>_<its rules>/... for a group job, slurm_logs/rule_<rule>/... for a job submitted alone
+    alone = [path for path in logs if re.search(r"/rule_(make_phantom_subject|register_subject|extract_slices)/", path)]
+    assert not alone, alone
+    # three subjects' phantom, registration and slicing jobs (9) in two submissions: fewer sbatch calls than subjects
+    for group in ("raw_subjects", "subjects"):
+        assert 1 <= sum(f"/group_{group}_" in path for path in logs) < 3, logs
     out = tmp_path / "results" / "tiny"
     assert len(list((out / "registered").glob("*/qc.json"))) == 3
     summary = pd.read_csv(out / "metrics" / "summary.csv")

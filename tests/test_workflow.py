@@ -16,6 +16,8 @@ import pytest
 import yaml
 from helpers import REPO, TINY, TINY_BRATS, planned_jobs, snakemake, snakemake_command, workflow_copy
 
+from codebrain.tracking.deferred import GROUP_RULE
+
 
 def test_one_registration_job_per_subject(workdir):
     _, planned = workdir
@@ -239,8 +241,13 @@ def test_every_model_step_is_an_mlflow_run(workdir):
     client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     parents = {run.info.run_id: run for run in runs if run.data.tags["rule"] == "workflow"}
-    jobs = [run for run in runs if run.data.tags["rule"] != "workflow"]
-    assert all(run.data.tags.get("mlflow.parentRunId") in parents for run in jobs), "every job run is nested"
+    groups = {run.info.run_id: run for run in runs if run.data.tags["rule"] == GROUP_RULE}
+    jobs = [run for run in runs if run.data.tags["rule"] not in ("workflow", GROUP_RULE)]
+    assert all(group.data.tags["mlflow.parentRunId"] in parents for group in groups.values())
+    for run in jobs:  # a per-subject job under its rule's group run, every other job under the invocation's run
+        parent = run.data.tags.get("mlflow.parentRunId")
+        per_subject = run.data.tags["rule"] in ("make_phantom_subject", "register_subject", "extract_slices")
+        assert (groups[parent].data.tags["job_group"] == run.data.tags["rule"]) if per_subject else parent in parents
     first = min(parents.values(), key=lambda run: run.info.start_time).info.run_id
     trained_first = {run.data.tags["experiment"] for run in jobs if run.data.tags["rule"] in ("train_stage1", "train_direct")
                      and run.data.tags["mlflow.parentRunId"] == first}
@@ -489,14 +496,18 @@ def test_every_rule_is_on_the_mlflow_server(brats_workdir):
     by_rule = {}
     for run in runs:
         by_rule.setdefault(run.data.tags["rule"], []).append(run)
+    groups = {run.info.run_id: run.data.tags["job_group"] for run in by_rule.pop(GROUP_RULE)}  # one per rule
+    assert sorted(groups.values()) == ["extract_slices", "make_phantom_subject"]
     expected = {"workflow": 1, "make_phantom_subject": 4, "check_raw": 1, "extract_slices": 4, "build_slice_store": 1,
                 "train_stage1": 1, "cache_codes": 1, "train_stage2": 1, "train_direct": 1, "evaluate_model": 2,
                 "impute_test_subjects": 1, "train_segmenter": 1, "evaluate_segmentation": 1, "compare_experiments": 1}
     assert {rule: len(found) for rule, found in by_rule.items()} == expected
     assert expected == {rule: n for rule, n in planned.items() if rule != "all"} | {"workflow": 1}
     parent = by_rule["workflow"][0].info.run_id
-    assert all(run.data.tags["mlflow.parentRunId"] == parent for rule, found in by_rule.items() if rule != "workflow"
-               for run in found)
+    for rule, found in by_rule.items():
+        if rule != "workflow":
+            assert all(run.data.tags["mlflow.parentRunId"] == parent or groups.get(run.data.tags["mlflow.parentRunId"])
+                       == rule for run in found), rule
     stage2 = by_rule["train_stage2"][0]
     assert "val/psnr_stage2" in stage2.data.metrics and stage2.data.params["model.code_dim"] == "3"
     assert {a.path for a in client.list_artifacts(stage2.info.run_id)} >= {"config.json", "checkpoint"}

@@ -1,7 +1,8 @@
 """MLflow experiments and runs: where the store is, the invocation's parent run, runs of killed jobs.
 
 Tracking URI: the config's, else MLFLOW_TRACKING_URI, else a SQLite store under results/ (MLflow 3 refuses the
-old file store). Each job's run (tracking.tracker) nests under its invocation's parent run.
+old file store). Each job's run (tracking.tracker) nests under its invocation's parent run, a per-subject job's
+under its rule's group run there (tracking.deferred).
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def start_parent_run(uri: str, experiment: str, run_name: str, tags: dict, confi
 
 def open_invocation(uri: str, experiment: str, tags: dict, config: dict) -> str:
     """A workflow invocation's parent run; its id goes to the jobs through the environment."""
+    from codebrain.tracking.deferred import sync_deferred
+
     check_reachable(uri)
+    sync_deferred(uri)  # what killed invocations' jobs journaled (KILLED where their process is gone)
     run_id = start_parent_run(uri, experiment, f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S')}", tags, config)
     os.environ[PARENT_RUN_VARIABLE] = run_id  # inherited by every job the invocation starts, as is the store:
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -134,9 +138,13 @@ def open_invocation(uri: str, experiment: str, tags: dict, config: dict) -> str:
 
 
 def close_invocation(uri: str, status: str) -> None:
+    """The invocation's journaled job runs into the store, then its parent run ends."""
     run_id = os.environ.get(PARENT_RUN_VARIABLE)
     if run_id:
         from mlflow.tracking import MlflowClient
 
+        from codebrain.tracking.deferred import sync_deferred
+
+        sync_deferred(uri)
         with store_lock(uri):
             MlflowClient(uri).set_terminated(run_id, status)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from codebrain.io import sha256sum, store_errors, write_atomic
 from codebrain.provenance import process_provenance
+from codebrain.tracking.deferred import PER_SUBJECT_RULES, deferred_dir, sync_in_passing, write_journal
 from codebrain.tracking.lock import StoreLockTimeout, store_lock
 from codebrain.tracking.offline import error_line, logging_function, pending_dir
 from codebrain.tracking.runs import PARENT_RUN_VARIABLE, experiment_id, notes
@@ -25,23 +26,35 @@ class Tracker:
     A store that fails (locked, read-only, a server gone: io.store_errors) never fails the step; a bug of ours does,
     with its traceback. From the first failing call on,
     what the run would have logged is kept and written at `finish` to pending_dir(uri) as one JSON file, with one
-    line on stderr; `codebrain sync-tracking` (`sync_pending`) logs it once the store works again."""
+    line on stderr; `codebrain sync-tracking` (`sync_pending`) logs it once the store works again.
+
+    Inside a workflow invocation a per-subject job's Tracker (deferred.PER_SUBJECT_RULES) neither touches the store
+    nor imports MLflow: its run is a journal file from start to end, which the next Tracker to open the store (or
+    the invocation's end) logs with the others in one pass (tracking.deferred)."""
 
     def __init__(self, enabled: bool, uri: str = "", experiment: str = "", run_name: str = "",
                  tags: dict | None = None, params: dict | None = None):
-        self.enabled, self.run_id, self.uri, self.offline = enabled, None, uri, None
+        self.enabled, self.run_id, self.uri, self.offline, self.journal = enabled, None, uri, None, None
         if not enabled:
             return
-        import mlflow
-
-        self.mlflow = mlflow
-        self.locked = lambda: store_lock(uri)
         parent = os.environ.get(PARENT_RUN_VARIABLE)
         run_tags = {**process_provenance(), **notes(tags or {}), **(tags or {}),
                     **({"mlflow.parentRunId": parent} if parent else {})}
         self.pending = {"uri": uri, "experiment": experiment, "run_name": run_name, "run_id": None,
                         "tags": {k: str(v) for k, v in run_tags.items()},
                         "params": {k: str(v)[:6000] for k, v in (params or {}).items()}, "calls": []}
+        if parent and (tags or {}).get("rule") in PER_SUBJECT_RULES:
+            self.journal = deferred_dir(uri) / f"{parent}-{os.getpid()}-{time.time_ns()}.json"
+            self.pending["tags"]["journal"] = self.journal.name  # the logged run names the file it came from
+            self.pending.update(start_time=int(time.time() * 1000), status="RUNNING")
+            write_journal(self.journal, self.pending)
+            return
+        import mlflow
+
+        self.mlflow = mlflow
+        self.locked = lambda: store_lock(uri)
+        if parent:
+            sync_in_passing(uri)  # the per-subject runs journaled so far
         try:
             with self.locked():
                 mlflow.set_tracking_uri(uri)
@@ -61,7 +74,7 @@ class Tracker:
         store has failed, into the pending run."""
         if not self.enabled:
             return
-        if self.offline is None:
+        if self.offline is None and self.journal is None:
             try:
                 with self.locked():
                     logging_function(self.mlflow, method)(*args, **kwargs)
@@ -110,8 +123,13 @@ class Tracker:
         """End the run and write the run record {run_id, tracking_uri[, pending]} (the step's declared output)."""
         if not self.enabled:
             return
-        self.send("end_run", status=status)
         entry = {"run_id": self.run_id, "tracking_uri": self.uri}
+        if self.journal is not None:
+            self.pending.update(status=status, end_time=int(time.time() * 1000))
+            write_journal(self.journal, self.pending)
+            entry["deferred"] = str(self.journal)
+        else:
+            self.send("end_run", status=status)
         if self.offline is not None:
             self.forget_active_run()
             self.pending["status"] = status
