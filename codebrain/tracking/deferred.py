@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
+from collections import defaultdict
 from pathlib import Path
 
 from codebrain.io import write_atomic
@@ -34,8 +34,9 @@ def deferred_dir(uri: str) -> Path:
 
 
 def write_journal(path: Path, journal: dict) -> None:
+    """A run waiting for the store, as one JSON file (a deferred run's journal, or offline.py's pending run)."""
     with write_atomic(path) as tmp:
-        tmp.write_text(json.dumps(journal, default=str))
+        tmp.write_text(json.dumps(journal, indent=1, default=str))
 
 
 def settled(journal: dict, written_s: float) -> dict | None:
@@ -73,36 +74,34 @@ def log_journal(client, uri: str, experiment: str, group: str, journal: dict) ->
 
 
 def sync_deferred(uri: str) -> list[str]:
-    """Log every finished journal of the store's deferred folder (one lock, one client), each under its group run;
-    a logged journal is removed. Returns the new run ids."""
+    """Log every finished journal of the store's deferred folder (one lock, one client), each under the group run
+    of its invocation and rule; a logged journal is removed. Returns the new run ids."""
     folder = deferred_dir(uri)
     if not folder.is_dir() or not any(folder.glob("*.json")):
         return []
     from mlflow.tracking import MlflowClient
 
-    logged, groups = [], {}  # (experiment, parent, rule) -> [group run id, its worst status, its last end]
+    logged = []
     with store_lock(uri):  # read under the lock: a concurrent pass has logged (and removed) what it saw
-        journals = []
+        batches = defaultdict(list)  # (experiment name, invocation run, rule) -> [(path, journal)]
         for path in sorted(folder.glob("*.json")):
             journal = settled(json.loads(path.read_text()), path.stat().st_mtime)
             if journal is not None:
-                journals.append((path, journal))
+                batches[journal["experiment"], journal["tags"]["mlflow.parentRunId"], journal["tags"]["rule"]].append(
+                    (path, journal))
         client = MlflowClient(uri)
-        for path, journal in journals:
-            experiment = experiment_id(client, uri, journal["experiment"])
-            key = (experiment, journal["tags"]["mlflow.parentRunId"], journal["tags"]["rule"])
-            if key not in groups:
-                first = min(j["start_time"] for _, j in journals if j["tags"]["rule"] == key[2]
-                            and j["tags"]["mlflow.parentRunId"] == key[1])
-                run = client.get_run(group_run(client, *key, first))
-                groups[key] = [run.info.run_id, run.info.status if run.info.status in SEVERITY else "FINISHED", 0]
-            group = groups[key]
-            logged.append(log_journal(client, uri, experiment, group[0], journal))
-            group[1] = max(group[1], journal["status"], key=SEVERITY.index)
-            group[2] = max(group[2], journal["end_time"])
-            path.unlink()
-        for run_id, status, end_time in groups.values():
-            client.set_terminated(run_id, status, end_time=end_time or int(time.time() * 1000))
+        for (name, parent, rule), members in batches.items():
+            experiment = experiment_id(client, uri, name)
+            group = client.get_run(group_run(client, experiment, parent, rule,
+                                             min(journal["start_time"] for _, journal in members)))
+            for path, journal in members:
+                logged.append(log_journal(client, uri, experiment, group.info.run_id, journal))
+                path.unlink()
+            statuses = [journal["status"] for _, journal in members]
+            if group.info.status in SEVERITY:  # a group run of an earlier pass keeps its worst job's status
+                statuses.append(group.info.status)
+            client.set_terminated(group.info.run_id, max(statuses, key=SEVERITY.index),
+                                  end_time=max(journal["end_time"] for _, journal in members))
     return logged
 
 

@@ -135,8 +135,7 @@ class Tracker:
             self.pending["status"] = status
             folder = pending_dir(self.uri)
             path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.pending['run_name'].replace('/', '_')}.json"
-            with write_atomic(path) as tmp:
-                tmp.write_text(json.dumps(self.pending, indent=1, default=str))
+            write_journal(path, self.pending)
             entry["pending"] = str(path)
             print(f"[codebrain] MLflow store {self.uri} failed ({self.offline}); the step's outputs are kept and its "
                   f"run waits in {path}: run `codebrain sync-tracking` when the store works again", file=sys.stderr)
